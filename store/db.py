@@ -1,0 +1,166 @@
+"""SQLite files with fieldbox's durability rules: WAL, synchronous=FULL, one writer, bounded WAL."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+from store.config import StoreConfig
+from store.errors import DiskFull
+
+_SQLITE_FULL = 13
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc` means the filesystem (or SQLite's file) ran out of space."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code == _SQLITE_FULL or "disk is full" in str(exc) or "disk I/O error" in str(exc)
+    return False
+
+
+def connect(path: Path | str, cfg: StoreConfig) -> sqlite3.Connection:
+    """Open one connection with the pragmas every fieldbox database uses."""
+    conn = sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, timeout=cfg.busy_timeout_ms / 1000
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
+    if str(path) != ":memory:":
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise sqlite3.OperationalError(f"could not switch {path} to WAL (got {mode})")
+    # FULL: in WAL mode NORMAL may roll back a committed transaction on power loss.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {int(cfg.wal_autocheckpoint_pages)}")
+    conn.execute(f"PRAGMA journal_size_limit = {int(cfg.wal_max_bytes)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> int:
+    """Apply numbered migrations (index + 1 = version) past `PRAGMA user_version`; return it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        for number, script in enumerate(migrations, start=1):
+            if number <= version:
+                continue
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+            version = number
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return version
+
+
+class Database:
+    """One SQLite file: a single writer connection under a lock, and a reader per thread."""
+
+    def __init__(self, path: Path | str, cfg: StoreConfig, migrations: Sequence[str] = ()) -> None:
+        self.path = str(path)
+        self.cfg = cfg
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        try:
+            self._writer = connect(self.path, cfg)
+            migrate(self._writer, migrations)
+        except sqlite3.Error as exc:
+            if is_disk_full(exc):
+                raise DiskFull(f"no space left to open {Path(self.path).name}") from exc
+            raise
+
+    @property
+    def utils(self) -> sqlite_utils.Database:
+        """A sqlite-utils view over the writer connection (for introspection and tests)."""
+        return sqlite_utils.Database(self._writer)
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT); rolled back on any error."""
+        with self._lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if is_disk_full(exc):
+                    raise DiskFull("no space left on the data disk; nothing was written") from exc
+                raise
+            self._bound_wal()
+
+    def read(self) -> sqlite3.Connection:
+        """This thread's read connection (readers never block the writer in WAL mode)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, self.cfg)
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _bound_wal(self) -> None:
+        # Passive autocheckpoints are starved by a steady stream of readers; past the
+        # limit, force a RESTART checkpoint (it waits for readers, within busy_timeout).
+        try:
+            size = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        if size > self.cfg.wal_max_bytes:
+            self._writer.execute("PRAGMA wal_checkpoint(RESTART)")
+
+    def integrity_check(self) -> str:
+        """Run `PRAGMA integrity_check` and return its verdict ('ok' when healthy)."""
+        rows = self.read().execute("PRAGMA integrity_check").fetchall()
+        return "; ".join(str(r[0]) for r in rows)
+
+    def close(self) -> None:
+        """Close every connection this object opened."""
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        with self._lock:
+            self._writer.close()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in directory `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs_durable(path: Path) -> None:
+    """Create `path` and any missing parents, fsyncing each parent that gained an entry."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        fsync_dir(d.parent)

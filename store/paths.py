@@ -1,0 +1,103 @@
+"""The on-disk layout under the data root, and validation of every client-supplied name in it."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from store.errors import InvalidName
+
+# Ids that become path components: no dots, no slashes, no leading dash, bounded length.
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+# Document collections and keys live only in SQLite, but are URL parts too: allow a
+# few more characters, never a slash, never "..".
+_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@=+-]{0,254}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_id(kind: str, value: str) -> str:
+    """Return `value` if it is a safe id (location, account, geo prefix, project), else raise."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise InvalidName(
+            f"invalid {kind} {value!r}: use 1-128 letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def check_key(kind: str, value: str) -> str:
+    """Return `value` if it is a safe document collection or key, else raise."""
+    if not isinstance(value, str) or not _KEY.match(value) or ".." in value:
+        raise InvalidName(
+            f"invalid {kind} {value!r}: use 1-255 letters, digits or _ . : @ = + -, "
+            "no '..' and no '/'"
+        )
+    return value
+
+
+def check_sha256(value: str) -> str:
+    """Return `value` if it is a lowercase hex sha256 digest, else raise."""
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise InvalidName(f"invalid sha256 {value!r}: expected 64 lowercase hex digits")
+    return value
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of everything under one data root (see DESIGN.md, 'Data on disk')."""
+
+    root: Path
+
+    @property
+    def locations_dir(self) -> Path:
+        """Directory holding one folder per location."""
+        return self.root / "locations"
+
+    def location_dir(self, account: str, geo_prefix: str, location: str) -> Path:
+        """Folder of one location's database."""
+        return self.locations_dir / account / geo_prefix / location
+
+    def location_db(self, account: str, geo_prefix: str, location: str) -> Path:
+        """Path of one location's SQLite database."""
+        return self.location_dir(account, geo_prefix, location) / "location.db"
+
+    def blob_path(self, account: str, geo_prefix: str, location: str, sha256: str) -> Path:
+        """Path of a content-addressed blob."""
+        check_sha256(sha256)
+        return self.root / "blobs" / account / geo_prefix / location / sha256[:2] / sha256
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Folder of in-flight resumable uploads."""
+        return self.root / "uploads"
+
+    def upload_part(self, upload_id: str) -> Path:
+        """Partial file of one resumable upload."""
+        return self.uploads_dir / f"{check_id('upload id', upload_id)}.part"
+
+    @property
+    def uploads_db(self) -> Path:
+        """Database of resumable-upload sessions."""
+        return self.root / "uploads.db"
+
+    @property
+    def keys_db(self) -> Path:
+        """Database of API keys (hashed)."""
+        return self.root / "keys.db"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch space on the same filesystem, so renames out of it are atomic."""
+        return self.root / "tmp"
+
+    def ensure(self) -> None:
+        """Create the top-level folders."""
+        for d in (self.root, self.locations_dir, self.uploads_dir, self.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def inside(self, path: Path) -> bool:
+        """True when `path` resolves to somewhere under the data root."""
+        root = os.path.realpath(self.root)
+        return os.path.realpath(path).startswith(root + os.sep)

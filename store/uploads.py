@@ -1,0 +1,252 @@
+"""Resumable-upload sessions: a row in uploads.db and a `.part` file each, surviving restarts."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import msgspec
+
+from store.config import StoreConfig
+from store.db import Database, fsync_dir, is_disk_full
+from store.errors import Conflict, DiskFull, NotFound
+from store.paths import Layout, check_id
+
+UPLOAD_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE uploads (
+        id TEXT PRIMARY KEY, length INTEGER NOT NULL, offset INTEGER NOT NULL DEFAULT 0,
+        location TEXT NOT NULL, filename TEXT NOT NULL, project TEXT, kind TEXT NOT NULL,
+        mime_type TEXT NOT NULL, declared_sha256 TEXT, actual_sha256 TEXT,
+        metadata TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL,
+        asset_id TEXT
+    );
+    CREATE INDEX uploads_expiry ON uploads (expires_at)
+    """,
+)
+
+_COLUMNS = (
+    "id, length, offset, location, filename, project, kind, mime_type, declared_sha256, "
+    "actual_sha256, metadata, created_at, expires_at, asset_id"
+)
+
+
+class Upload(msgspec.Struct, frozen=True, kw_only=True):
+    """One resumable upload session."""
+
+    id: str
+    length: int
+    offset: int
+    location: str
+    filename: str
+    project: str | None
+    kind: str
+    mime_type: str
+    declared_sha256: str | None
+    actual_sha256: str | None
+    metadata: dict[str, str]
+    created_at: float
+    expires_at: float
+    asset_id: str | None
+
+    @property
+    def complete(self) -> bool:
+        """True once every byte has been received."""
+        return self.offset == self.length
+
+
+def _row(row: tuple[Any, ...]) -> Upload:
+    return Upload(
+        id=row[0],
+        length=row[1],
+        offset=row[2],
+        location=row[3],
+        filename=row[4],
+        project=row[5],
+        kind=row[6],
+        mime_type=row[7],
+        declared_sha256=row[8],
+        actual_sha256=row[9],
+        metadata=json.loads(row[10]),
+        created_at=row[11],
+        expires_at=row[12],
+        asset_id=row[13],
+    )
+
+
+class Uploads:
+    """The upload sessions of one data root."""
+
+    def __init__(self, layout: Layout, cfg: StoreConfig) -> None:
+        self.layout = layout
+        layout.uploads_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(layout.uploads_db, cfg, UPLOAD_MIGRATIONS)
+
+    def create(
+        self,
+        *,
+        length: int,
+        location: str,
+        filename: str,
+        project: str | None,
+        kind: str,
+        mime_type: str,
+        declared_sha256: str | None,
+        metadata: dict[str, str],
+        ttl_s: float,
+    ) -> Upload:
+        """Start a session: an empty, fsynced part file, then its row."""
+        now = time.time()
+        up = Upload(
+            id=secrets.token_hex(16),
+            length=length,
+            offset=0,
+            location=location,
+            filename=filename,
+            project=project,
+            kind=kind,
+            mime_type=mime_type,
+            declared_sha256=declared_sha256,
+            actual_sha256=None,
+            metadata=metadata,
+            created_at=now,
+            expires_at=now + ttl_s,
+            asset_id=None,
+        )
+        part = self.layout.upload_part(up.id)
+        try:
+            with open(part, "xb") as fh:
+                os.fsync(fh.fileno())
+            fsync_dir(part.parent)
+            with self.db.write() as conn:
+                conn.execute(
+                    f"INSERT INTO uploads ({_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                    (
+                        up.id,
+                        up.length,
+                        0,
+                        location,
+                        filename,
+                        project,
+                        kind,
+                        mime_type,
+                        declared_sha256,
+                        None,
+                        json.dumps(metadata),
+                        now,
+                        up.expires_at,
+                        None,
+                    ),
+                )
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            if is_disk_full(exc):
+                raise DiskFull("no space left on the data disk; upload not created") from exc
+            raise
+        return up
+
+    def get(self, upload_id: str) -> Upload:
+        """The session with this id, or NotFound."""
+        check_id("upload id", upload_id)
+        row = (
+            self.db.read()
+            .execute(f"SELECT {_COLUMNS} FROM uploads WHERE id = ?", (upload_id,))
+            .fetchone()
+        )
+        if row is None:
+            raise NotFound(f"upload {upload_id!r} not found")
+        return _row(row)
+
+    @contextmanager
+    def locked_part(self, upload: Upload) -> Iterator[IO[bytes]]:
+        """The part file opened for appending at the acknowledged offset, locked exclusively.
+
+        The lock is an flock: it spans processes and dies with a killed process. Bytes past
+        the acknowledged offset (a crash mid-write) are cut off first.
+        """
+        path = self.layout.upload_part(upload.id)
+        try:
+            fh = open(path, "r+b")  # noqa: SIM115 - closed below, after the lock is released
+        except FileNotFoundError as exc:
+            raise NotFound(f"upload {upload.id!r} has no data file") from exc
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise Conflict(f"upload {upload.id!r} is locked by another request") from exc
+            fresh = self.get(upload.id)  # re-read under the lock
+            fh.truncate(fresh.offset)
+            fh.seek(fresh.offset)
+            yield fh
+        finally:
+            fh.close()
+
+    def commit_offset(self, upload_id: str, old: int, new: int) -> None:
+        """Record that bytes up to `new` are durable (the part file was fsynced first)."""
+        with self.db.write() as conn:
+            cur = conn.execute(
+                "UPDATE uploads SET offset = ? WHERE id = ? AND offset = ?", (new, upload_id, old)
+            )
+            if cur.rowcount != 1:
+                raise Conflict(f"upload {upload_id!r} moved on while this request wrote to it")
+
+    def set_actual_sha256(self, upload_id: str, sha256: str) -> None:
+        """Record the digest of the complete file before it moves into the blob store."""
+        with self.db.write() as conn:
+            conn.execute("UPDATE uploads SET actual_sha256 = ? WHERE id = ?", (sha256, upload_id))
+
+    def mark_done(self, upload_id: str, asset_id: str) -> None:
+        """Link a finished upload to the asset it became."""
+        with self.db.write() as conn:
+            conn.execute("UPDATE uploads SET asset_id = ? WHERE id = ?", (asset_id, upload_id))
+
+    def delete(self, upload_id: str) -> None:
+        """Forget a session and its part file."""
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+        self.layout.upload_part(upload_id).unlink(missing_ok=True)
+
+    def pending_finalize(self) -> list[Upload]:
+        """Sessions that received every byte but have no asset yet (a crash came between)."""
+        rows = (
+            self.db.read()
+            .execute(f"SELECT {_COLUMNS} FROM uploads WHERE offset = length AND asset_id IS NULL")
+            .fetchall()
+        )
+        return [_row(r) for r in rows]
+
+    def expire(self, now: float | None = None) -> int:
+        """Delete sessions past their expiry and part files with no session; return the count."""
+        now = time.time() if now is None else now
+        rows = (
+            self.db.read()
+            .execute(
+                "SELECT id FROM uploads WHERE expires_at < ? "
+                "AND NOT (offset = length AND asset_id IS NULL)",
+                (now,),
+            )
+            .fetchall()
+        )
+        for (upload_id,) in rows:
+            self.delete(upload_id)
+        known = {r[0] for r in self.db.read().execute("SELECT id FROM uploads").fetchall()}
+        for part in self.layout.uploads_dir.glob("*.part"):
+            if part.stem not in known and part.stat().st_mtime < now - 60:
+                part.unlink(missing_ok=True)
+        return len(rows)
+
+    def close(self) -> None:
+        """Close the sessions database."""
+        self.db.close()
+
+
+def disk_full_guard(exc: BaseException) -> None:
+    """Re-raise an OSError as DiskFull when it means the disk is full."""
+    if is_disk_full(exc):
+        raise DiskFull("no space left on the data disk; the last chunk was not kept") from exc
