@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 
@@ -11,15 +13,15 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = ""
     """Data root. Empty means `$FIELDBOX_DATA`, else `./var` (resolved by the CLI)."""
 
-    busy_timeout_ms: int = 10_000
+    busy_timeout_ms: Annotated[int, msgspec.Meta(ge=5000)] = 10_000
     """How long a writer waits for another process's write lock before giving up (>= 5000)."""
 
-    wal_autocheckpoint_pages: int = 1000
+    wal_autocheckpoint_pages: Annotated[int, msgspec.Meta(ge=1)] = 1000
     """WAL pages after which a commit runs a passive checkpoint."""
 
-    wal_max_bytes: int = 64 * 1024 * 1024
+    wal_max_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 64 * 1024 * 1024
     """When the WAL grows past this, a writer forces a RESTART checkpoint so it cannot grow
     without bound while readers keep starting."""
 
-    min_free_disk_mb: int = 256
+    min_free_disk_mb: Annotated[int, msgspec.Meta(ge=0)] = 256
     """`/ready` fails and new uploads are refused with 507 below this much free disk."""

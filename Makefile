@@ -1,0 +1,45 @@
+# The two commands: `make up` and `make test`. Everything else is what they stand on.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install up test lint typecheck pytest bench bench-quick crash-soak clean
+
+install: $(STAMP)
+
+# Reinstall only when the dependency list changes; pip's cache keeps repeat installs fast.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+up: install
+	$(BIN)/fieldbox up
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+# Exit code 5 means pytest collected nothing: that is a failure of the suite, say so.
+pytest: install
+	$(BIN)/pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test: lint typecheck pytest
+
+bench: install
+	$(BIN)/python bench/bench_api.py
+
+bench-quick: install
+	$(BIN)/python bench/bench_api.py --quick
+
+crash-soak: install
+	FIELDBOX_CRASH_ROUNDS=300 $(BIN)/pytest -q -m slow tests/system/test_crash.py
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,83 @@
+"""`create_app`: the only place the field API is assembled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from appliance import __version__
+from appliance.config import FieldboxConfig
+from appliance.controllers.assets import AssetController
+from appliance.controllers.documents import DocumentController
+from appliance.controllers.health import HealthController
+from appliance.controllers.locations import LocationController
+from appliance.controllers.projects import ProjectController
+from appliance.controllers.uploads import UploadController
+from appliance.errors import EXCEPTION_HANDLERS
+from appliance.observe import Metrics, RequestObserver
+from appliance.services import Services, in_thread
+
+
+def _provide_services(state: State) -> Services:
+    svc: Services = state.svc
+    return svc
+
+
+async def _sweep_uploads(svc: Services) -> None:
+    log = structlog.get_logger("fieldbox.uploads")
+    while True:
+        await asyncio.sleep(svc.cfg.api.cleanup_interval_s)
+        try:
+            removed = await in_thread(svc.uploads.expire)
+            if removed:
+                log.info("uploads_expired", count=removed)
+        except Exception as exc:  # the sweeper must outlive a bad pass
+            log.warning("upload_sweep_failed", error=repr(exc))
+
+
+def create_app(cfg: FieldboxConfig) -> Litestar:
+    """Build the field API for one config; resources open in the lifespan, close after it."""
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        svc = await in_thread(Services.open, cfg, metrics)
+        app.state.svc = svc
+        sweeper = asyncio.create_task(_sweep_uploads(svc))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            svc.close()
+
+    app = Litestar(
+        route_handlers=[
+            HealthController,
+            LocationController,
+            DocumentController,
+            UploadController,
+            AssetController,
+            ProjectController,
+        ],
+        dependencies={"svc": Provide(_provide_services, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title="fieldbox field API", version=__version__, path="/schema"
+        ),
+        request_max_body_size=cfg.api.max_document_bytes + 64 * 1024,
+        debug=False,
+        logging_config=None,
+    )
+    # Wrap outside Litestar's router so unmatched routes get a request id and a log line too.
+    app.asgi_handler = RequestObserver(app.asgi_handler, metrics)
+    return app

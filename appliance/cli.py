@@ -1,0 +1,195 @@
+"""The `fieldbox` command: a thin layer that loads config once and hands it down."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from appliance.config import ConfigError, FieldboxConfig, describe, find_config_path, load_config
+
+
+class Context:
+    """What every subcommand gets: the config path, loaded on first use."""
+
+    def __init__(self, config_path: Path | None) -> None:
+        self.config_path = config_path
+        self._cfg: FieldboxConfig | None = None
+
+    @property
+    def cfg(self) -> FieldboxConfig:
+        """The loaded config; exits with the problems listed if it is invalid."""
+        if self._cfg is None:
+            try:
+                self._cfg = load_config(self.config_path)
+            except ConfigError as exc:
+                click.echo(str(exc), err=True)
+                sys.exit(2)
+        return self._cfg
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group()
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="Config file (TOML)."
+)
+@click.version_option(package_name="fieldbox")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """fieldbox: the field-office edge appliance."""
+    import os
+
+    ctx.obj = Context(find_config_path(config_path, dict(os.environ)))
+
+
+@main.command("check-config")
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@pass_ctx
+def check_config(ctx: Context, path: str | None) -> None:
+    """Check a config file; print each problem with its line number."""
+    target = Path(path) if path else ctx.config_path
+    try:
+        load_config(target)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(f"{target or '<built-in defaults>'}: ok")
+
+
+@main.group()
+def config() -> None:
+    """Show the configuration."""
+
+
+@config.command("show")
+@pass_ctx
+def config_show(ctx: Context) -> None:
+    """The effective configuration as JSON."""
+    click.echo(msgspec.json.format(msgspec.json.encode(ctx.cfg), indent=2))
+
+
+@config.command("describe")
+def config_describe() -> None:
+    """Every setting with its default and what it does, as a commented TOML file."""
+    click.echo("\n".join(describe()).lstrip())
+
+
+@main.group()
+def serve() -> None:
+    """Run one fieldbox process in the foreground (what systemd runs)."""
+
+
+@serve.command("api")
+@click.option("--host", default=None, help="Bind address (default from [api]).")
+@click.option("--port", default=None, type=int, help="Port (default from [api]).")
+@pass_ctx
+def serve_api(ctx: Context, host: str | None, port: int | None) -> None:
+    """The field API (Litestar on uvicorn)."""
+    import uvicorn
+
+    from appliance.app import create_app
+    from appliance.observe import configure_logging
+
+    cfg = ctx.cfg
+    configure_logging(cfg.log, "api")
+    uvicorn.run(
+        create_app(cfg),
+        host=host or cfg.api.host,
+        port=port or cfg.api.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@main.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Bind address of every process."
+)
+@click.option("--api-port", default=None, type=int, help="Port of the field API.")
+@pass_ctx
+def up(ctx: Context, host: str, api_port: int | None) -> None:
+    """Run every process in one tree (laptop or small box); Ctrl-C stops them all."""
+    from appliance.supervisor import run_up
+
+    sys.exit(run_up(ctx.cfg, ctx.config_path, host=host, api_port=api_port))
+
+
+@main.group()
+def keys() -> None:
+    """API keys for the field API and the gateway."""
+
+
+def _keys_db(cfg: FieldboxConfig) -> Any:
+    from store import keys as key_store
+    from store.paths import Layout
+
+    layout = Layout(cfg.data_dir)
+    layout.ensure()
+    return key_store.open_keys(str(layout.keys_db), cfg.store)
+
+
+@keys.command("create")
+@click.option("--scope", "scope", required=True, help="Comma list of field, gateway, admin.")
+@click.option("--name", required=True, help="Who or what holds the key.")
+@pass_ctx
+def keys_create(ctx: Context, scope: str, name: str) -> None:
+    """Create a key; the token (shown only now) is the last word printed."""
+    from store import keys as key_store
+    from store.errors import InvalidName
+
+    try:
+        scopes = key_store.parse_scopes(scope)
+        key, token = key_store.create(_keys_db(ctx.cfg), name, scopes)
+    except InvalidName as exc:
+        raise click.BadParameter(str(exc)) from exc
+    click.echo(f"created key {key.id} ({','.join(key.scopes)}) for {key.name}; token: {token}")
+
+
+@keys.command("list")
+@pass_ctx
+def keys_list(ctx: Context) -> None:
+    """Every key: id, scopes, name, state."""
+    from store import keys as key_store
+
+    for key in key_store.list_all(_keys_db(ctx.cfg)):
+        state = "revoked" if key.revoked_at else "active"
+        click.echo(f"{key.id}\t{','.join(key.scopes)}\t{state}\t{key.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@pass_ctx
+def keys_revoke(ctx: Context, key_id: str) -> None:
+    """Revoke a key at once."""
+    from store import keys as key_store
+    from store.errors import NotFound
+
+    try:
+        key_store.revoke(_keys_db(ctx.cfg), key_id)
+    except NotFound as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"revoked {key_id}")
+
+
+@main.group()
+def uploads() -> None:
+    """Resumable uploads in flight."""
+
+
+@uploads.command("clean")
+@pass_ctx
+def uploads_clean(ctx: Context) -> None:
+    """Delete expired uploads and orphaned part files now."""
+    from store.paths import Layout
+    from store.uploads import Uploads
+
+    layout = Layout(ctx.cfg.data_dir)
+    layout.ensure()
+    store = Uploads(layout, ctx.cfg.store)
+    click.echo(f"removed {store.expire()} expired uploads")

@@ -1,0 +1,221 @@
+"""The one fieldbox config tree: each package's section composed, loaded once by the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_type_hints
+
+import msgspec
+
+from store.config import StoreConfig
+
+SYSTEM_CONFIG = Path("/etc/fieldbox/fieldbox.toml")
+SYSTEM_DATA = Path("/var/lib/fieldbox")
+
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The `[api]` section: the field API process."""
+
+    host: str = "0.0.0.0"
+    """Address `fieldbox serve api` binds to."""
+
+    port: Port = 8080
+    """Port `fieldbox serve api` listens on."""
+
+    max_document_bytes: Positive = 1024 * 1024
+    """Largest JSON document body accepted (413 past it)."""
+
+    max_upload_bytes: Positive = 20 * 1024**3
+    """Largest resumable upload accepted (`Tus-Max-Size`; 413 past it)."""
+
+    upload_expiry_hours: PositiveFloat = 24.0
+    """An unfinished upload is deleted this long after it was created."""
+
+    upload_stall_timeout_s: PositiveFloat = 30.0
+    """A PATCH that sends nothing for this long is ended; the bytes it sent are kept."""
+
+    cleanup_interval_s: PositiveFloat = 300.0
+    """How often expired uploads are swept."""
+
+    page_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    """Default page size of list endpoints (clients may ask for up to 1000)."""
+
+
+class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The `[log]` section: structured logs on stdout."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level written: debug, info, warning or error."""
+
+    format: Literal["json", "console"] = "json"
+    """`json` (one event per line, for journald) or `console` (for a terminal)."""
+
+
+class FieldboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The whole config file; each section belongs to one package."""
+
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    """Data on disk (package `store`)."""
+
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    """The field API process (package `appliance`)."""
+
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+    """Logging, shared by every process."""
+
+    @property
+    def data_dir(self) -> Path:
+        """The resolved data root."""
+        return Path(self.store.data_dir)
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One error in a config file, with the line it is on (0 when unknown)."""
+
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}" if self.line else self.message
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; carries every problem found."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+def find_config_path(explicit: str | None, env: dict[str, str]) -> Path | None:
+    """`--config`, else `$FIELDBOX_CONFIG`, else the system file if present, else None."""
+    if explicit:
+        return Path(explicit)
+    if env.get("FIELDBOX_CONFIG"):
+        return Path(env["FIELDBOX_CONFIG"])
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+
+
+def load_config(path: Path | None, env: dict[str, str] | None = None) -> FieldboxConfig:
+    """Read, check and resolve the config; raise ConfigError listing every problem."""
+    env = dict(os.environ) if env is None else env
+    text = ""
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(
+                str(path), [ConfigProblem(0, f"cannot read: {exc.strerror}")]
+            ) from exc
+    cfg = parse_config(text, str(path or "<defaults>"))
+    data = env.get("FIELDBOX_DATA") or cfg.store.data_dir or _default_data_dir()
+    store = msgspec.structs.replace(cfg.store, data_dir=str(Path(data).absolute()))
+    return msgspec.structs.replace(cfg, store=store)
+
+
+def _default_data_dir() -> str:
+    # A box installed by Ansible owns /var/lib/fieldbox; a checkout uses ./var.
+    return str(SYSTEM_DATA) if SYSTEM_DATA.is_dir() and os.access(SYSTEM_DATA, os.W_OK) else "var"
+
+
+def parse_config(text: str, source: str = "<string>") -> FieldboxConfig:
+    """Parse TOML text into the config tree, or raise ConfigError with line numbers."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        line = int(match.group(1)) if match else 0
+        raise ConfigError(source, [ConfigProblem(line, f"not valid TOML: {exc}")]) from exc
+    lines = _key_lines(text)
+    problems = _check(FieldboxConfig, raw, (), lines)
+    if problems:
+        raise ConfigError(source, problems)
+    return msgspec.convert(raw, FieldboxConfig)
+
+
+def _check(
+    struct: type[msgspec.Struct], raw: Any, path: tuple[str, ...], lines: dict[str, int]
+) -> list[ConfigProblem]:
+    # msgspec stops at the first error; walking field by field reports all of them.
+    where = ".".join(path) or "top level"
+    if not isinstance(raw, dict):
+        return [ConfigProblem(lines.get(".".join(path), 0), f"{where}: expected a table")]
+    hints = get_type_hints(struct, include_extras=True)
+    problems: list[ConfigProblem] = []
+    for key, value in raw.items():
+        dotted = ".".join((*path, key))
+        line = lines.get(dotted, 0)
+        if key not in struct.__struct_fields__:
+            known = ", ".join(struct.__struct_fields__)
+            problems.append(ConfigProblem(line, f"unknown key {dotted!r} (known here: {known})"))
+            continue
+        hint = hints[key]
+        if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+            problems.extend(_check(hint, value, (*path, key), lines))
+            continue
+        try:
+            msgspec.convert(value, hint)
+        except msgspec.ValidationError as exc:
+            problems.append(ConfigProblem(line, f"{dotted}: {exc}"))
+    return problems
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\" ]+?)\s*\]\]?\s*(#.*)?$")
+_ASSIGN = re.compile(r"^\s*([A-Za-z0-9_\-\"]+)\s*=")
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map each dotted key (and table) to the line it is defined on."""
+    found: dict[str, int] = {}
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            table = tuple(p.strip().strip('"') for p in header.group(1).split("."))
+            found.setdefault(".".join(table), number)
+            continue
+        assign = _ASSIGN.match(line)
+        if assign:
+            found.setdefault(".".join((*table, assign.group(1).strip('"'))), number)
+    return found
+
+
+def describe(struct: type[msgspec.Struct] = FieldboxConfig, prefix: str = "") -> list[str]:
+    """Every config field with its default and documentation, as TOML comment lines."""
+    import inspect
+
+    out: list[str] = []
+    source = inspect.getsource(struct)
+    docs = dict(re.findall(r"^\s+(\w+):[^\n]*\n\s+\"\"\"(.*?)\"\"\"", source, re.S | re.M))
+    hints = get_type_hints(struct, include_extras=True)
+    instance = struct()
+    for name in struct.__struct_fields__:
+        hint = hints[name]
+        doc = " ".join(docs.get(name, "").split())
+        if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+            out.append(f"\n[{prefix}{name}]  # {doc}")
+            out.extend(describe(hint, f"{prefix}{name}."))
+        else:
+            value = getattr(instance, name)
+            out.append(f"# {doc}")
+            out.append(f"{name} = {_toml_value(value)}")
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)

@@ -1,0 +1,125 @@
+"""`/v1/assets`: list (deduplicated, newest first), read, and download with Range."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import anyio
+from litestar import Controller, Request, Response, get
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from appliance.auth import field_access
+from appliance.errors import ApiError
+from appliance.schemas import AssetOut, AssetPage
+from appliance.services import Services
+from store import assets, blobs, catalog
+from store.paths import check_id
+
+Limit = Annotated[int | None, Parameter(ge=1, le=1000, required=False)]
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_CHUNK = 256 * 1024
+
+
+def _asset(svc: Services, asset_id: str) -> assets.Asset:
+    loc_id = assets.location_of(asset_id)
+    return assets.get(svc.locations.db(loc_id), loc_id, asset_id)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, inclusive end) of a single `bytes=` range; None means the whole file."""
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if not match or (not match.group(1) and not match.group(2)):
+        return None  # multi-range or unknown unit: RFC 9110 lets us send the whole file
+    first, last = match.groups()
+    if first:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+    else:
+        start, end = max(size - int(last), 0), size - 1
+    if start >= size or start > end:
+        raise ApiError(
+            416,
+            f"range {header!r} is outside the {size}-byte file",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return start, end
+
+
+async def _read(path: str, start: int, length: int) -> AsyncIterator[bytes]:
+    async with await anyio.open_file(path, "rb") as fh:
+        await fh.seek(start)
+        left = length
+        while left > 0:
+            chunk = await fh.read(min(_CHUNK, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            yield chunk
+
+
+class AssetController(Controller):
+    """Files the crews uploaded (and, later, job results)."""
+
+    path = "/v1/assets"
+    guards = [field_access]
+    tags = ["assets"]
+
+    @get("/", sync_to_thread=True)
+    def list_assets(
+        self,
+        svc: Services,
+        project_id: Annotated[str, Parameter(query="projectId")] = "all",
+        location: str | None = None,
+        limit: Limit = None,
+        cursor: str | None = None,
+    ) -> AssetPage:
+        """Newest first, one entry per sha256; follow `next_cursor` for the next page."""
+        project = None if project_id == "all" else check_id("project", project_id)
+        if location is not None:
+            svc.locations.get(location)
+        items, next_cursor = catalog.list_assets(
+            svc.locations,
+            project=project,
+            location=location,
+            cursor=cursor,
+            limit=limit or svc.cfg.api.page_size,
+        )
+        return AssetPage(items=[AssetOut.of(a) for a in items], next_cursor=next_cursor)
+
+    @get("/{asset_id:str}", sync_to_thread=True)
+    def read(self, asset_id: str, svc: Services) -> AssetOut:
+        """One asset's record."""
+        return AssetOut.of(_asset(svc, asset_id))
+
+    @get("/{asset_id:str}/content", sync_to_thread=True)
+    def content(
+        self, request: Request[Any, Any, Any], asset_id: str, svc: Services
+    ) -> Response[Any]:
+        """The bytes; honours a single `Range` (206) for chunked or resumed downloads."""
+        asset = _asset(svc, asset_id)
+        path = blobs.blob_path(svc.layout, svc.locations.get(asset.location), asset.sha256)
+        size = os.path.getsize(path)
+        span = parse_range(request.headers.get("range"), size)
+        start, end = span if span else (0, size - 1)
+        length = end - start + 1 if size else 0
+        headers = {
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{asset.sha256}"',
+            "Content-Length": str(length),
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(asset.filename, safe='')}",
+        }
+        if span:
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        return Stream(
+            _read(str(path), start, length),
+            status_code=206 if span else 200,
+            media_type=asset.mime_type,
+            headers=headers,
+        )

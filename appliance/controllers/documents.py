@@ -1,0 +1,137 @@
+"""`/v1/locations/{id}/docs/...`: JSON documents with compare-and-swap writes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, put
+from litestar.params import Parameter
+
+from appliance.auth import field_access
+from appliance.errors import ApiError
+from appliance.schemas import DocumentMeta, DocumentPage
+from appliance.services import Services, in_thread
+from store import documents
+from store.errors import PreconditionFailed
+
+Limit = Annotated[int | None, Parameter(ge=1, le=1000, required=False)]
+
+
+def _precondition(if_match: str | None, if_none_match: str | None) -> tuple[str | None, bool]:
+    if if_none_match is not None and if_none_match.strip() != "*":
+        raise ApiError(400, "If-None-Match must be '*' (create only if absent)")
+    if if_match is not None and if_none_match is not None:
+        raise ApiError(400, "send either If-Match or If-None-Match, not both")
+    if if_match is None and if_none_match is None:
+        raise ApiError(
+            428,
+            "send If-None-Match: * to create or If-Match: <etag> to update",
+        )
+    return if_match, if_none_match is not None
+
+
+def _cursor(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid cursor") from exc
+
+
+class DocumentController(Controller):
+    """Documents addressed (location, collection, key), each with an ETag."""
+
+    path = "/v1/locations/{location_id:str}/docs"
+    guards = [field_access]
+    tags = ["documents"]
+
+    @get("/{collection:str}/{key:str}", sync_to_thread=True)
+    def read(self, location_id: str, collection: str, key: str, svc: Services) -> Response[bytes]:
+        """Exactly the stored JSON, with its ETag."""
+        doc = documents.get(svc.locations.db(location_id), collection, key)
+        return Response(doc.body, media_type="application/json", headers={"ETag": doc.etag})
+
+    @put("/{collection:str}/{key:str}", status_code=200)
+    async def write(
+        self,
+        request: Request[Any, Any, Any],
+        location_id: str,
+        collection: str,
+        key: str,
+        svc: Services,
+    ) -> Response[Any]:
+        """Create (If-None-Match: *) → 201 or update (If-Match) → 200; stale → 412."""
+        if_match, create = _precondition(
+            request.headers.get("if-match"), request.headers.get("if-none-match")
+        )
+        body = await request.body()
+        if len(body) > svc.cfg.api.max_document_bytes:
+            raise ApiError(413, f"document is over the {svc.cfg.api.max_document_bytes}-byte limit")
+        db = svc.locations.db(location_id)
+        try:
+            doc, created = await in_thread(
+                documents.put,
+                db,
+                collection,
+                key,
+                body,
+                if_match=if_match,
+                if_none_match=create,
+                max_bytes=svc.cfg.api.max_document_bytes,
+            )
+        except PreconditionFailed:
+            svc.metrics.cas_conflicts.inc()
+            raise
+        return Response(
+            {"collection": collection, "key": key, "etag": doc.etag},
+            status_code=201 if created else 200,
+            headers={"ETag": doc.etag},
+        )
+
+    @delete("/{collection:str}/{key:str}", status_code=204, sync_to_thread=True)
+    def remove(
+        self,
+        request: Request[Any, Any, Any],
+        location_id: str,
+        collection: str,
+        key: str,
+        svc: Services,
+    ) -> None:
+        """Delete a document; needs If-Match (a stale ETag → 412)."""
+        if_match = request.headers.get("if-match")
+        if if_match is None:
+            raise ApiError(428, "send If-Match: <etag> (or *) to delete")
+        try:
+            documents.delete(svc.locations.db(location_id), collection, key, if_match=if_match)
+        except PreconditionFailed:
+            svc.metrics.cas_conflicts.inc()
+            raise
+
+    @get("/{collection:str}", sync_to_thread=True)
+    def list_page(
+        self,
+        location_id: str,
+        collection: str,
+        svc: Services,
+        limit: Limit = None,
+        cursor: str | None = None,
+    ) -> DocumentPage:
+        """A page of the collection in key order; follow `next_cursor` for the next."""
+        size = limit or svc.cfg.api.page_size
+        docs = documents.list_page(
+            svc.locations.db(location_id), collection, after=_cursor(cursor), limit=size + 1
+        )
+        more = len(docs) > size
+        docs = docs[:size]
+        next_cursor = (
+            base64.urlsafe_b64encode(docs[-1].key.encode()).decode().rstrip("=") if more else None
+        )
+        items = [
+            DocumentMeta(key=d.key, etag=d.etag, updated_at=d.updated_at, body=msgspec.Raw(d.body))
+            for d in docs
+        ]
+        return DocumentPage(items=items, next_cursor=next_cursor)

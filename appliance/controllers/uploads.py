@@ -1,0 +1,252 @@
+"""`/v1/uploads`: resumable uploads over tus 1.0.0 (creation, expiration, checksum, termination)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Any
+
+from litestar import Controller, Request, Response, delete, get, head, patch, post, route
+
+from appliance import tus
+from appliance.auth import field_access
+from appliance.errors import ApiError
+from appliance.services import Services, in_thread
+from store import ingest
+from store.db import is_disk_full
+from store.errors import Conflict, DiskFull, NotFound
+from store.uploads import Upload
+
+
+def _headers(up: Upload, **extra: str) -> dict[str, str]:
+    headers = {
+        "Tus-Resumable": tus.TUS_VERSION,
+        "Upload-Offset": str(up.offset),
+        "Upload-Expires": tus.expires_header(up.expires_at),
+        "Cache-Control": "no-store",
+        **extra,
+    }
+    if up.asset_id:
+        headers["Fieldbox-Asset-Id"] = up.asset_id
+    return headers
+
+
+def _live(svc: Services, upload_id: str) -> Upload:
+    try:
+        up = svc.uploads.get(upload_id)
+    except NotFound as exc:
+        raise tus.tus_error(404, str(exc), "not_found") from exc
+    if up.asset_id is None and not up.complete and up.expires_at < time.time():
+        raise tus.tus_error(410, f"upload {upload_id!r} expired", "gone")
+    return up
+
+
+class UploadController(Controller):
+    """Stock tus clients (tuspy, tus-js-client, TUSKit) upload files here."""
+
+    path = "/v1/uploads"
+    tags = ["uploads"]
+
+    @route("/", http_method="OPTIONS", status_code=204, include_in_schema=False)
+    async def discover(self, svc: Services) -> Response[bytes]:
+        """Server capabilities (no auth: it reveals nothing but the protocol)."""
+        return Response(
+            b"",
+            status_code=204,
+            headers={
+                "Tus-Resumable": tus.TUS_VERSION,
+                "Tus-Version": tus.TUS_VERSION,
+                "Tus-Extension": tus.EXTENSIONS,
+                "Tus-Max-Size": str(svc.cfg.api.max_upload_bytes),
+                "Tus-Checksum-Algorithm": ",".join(tus.CHECKSUM_ALGORITHMS),
+            },
+        )
+
+    @post("/", guards=[field_access], status_code=201)
+    async def create(self, request: Request[Any, Any, Any], svc: Services) -> Response[bytes]:
+        """Start an upload; with a body (creation-with-upload) the first bytes land too."""
+        tus.check_resumable(request.headers)
+        if "upload-defer-length" in request.headers:
+            raise tus.tus_error(400, "Upload-Defer-Length is not supported; send Upload-Length")
+        length = tus.parse_int_header(request.headers, "upload-length")
+        if length > svc.cfg.api.max_upload_bytes:
+            raise tus.tus_error(
+                413, f"Upload-Length is over Tus-Max-Size ({svc.cfg.api.max_upload_bytes})"
+            )
+        raw_meta = tus.parse_metadata(request.headers.get("upload-metadata"))
+        meta = tus.upload_meta(raw_meta)
+        await in_thread(svc.locations.get, meta.location)
+        if await in_thread(svc.disk_low):
+            raise DiskFull("the data disk is nearly full; upload refused")
+        up = await in_thread(
+            svc.uploads.create,
+            length=length,
+            location=meta.location,
+            filename=meta.filename,
+            project=meta.project,
+            kind=meta.kind,
+            mime_type=meta.mime_type,
+            declared_sha256=meta.sha256,
+            metadata=raw_meta,
+            ttl_s=svc.cfg.api.upload_expiry_hours * 3600,
+        )
+        location = {"Location": f"/v1/uploads/{up.id}"}
+        if request.headers.get("content-type") == tus.OCTETS:
+            up = await _append(request, svc, up, 0)
+        elif length == 0:
+            up = await _finish(svc, up)
+        return Response(b"", status_code=201, headers=_headers(up, **location))
+
+    @head("/{upload_id:str}", guards=[field_access])
+    async def offset(
+        self, request: Request[Any, Any, Any], upload_id: str, svc: Services
+    ) -> Response[bytes]:
+        """How many bytes the box holds durably: resume from there."""
+        tus.check_resumable(request.headers)
+        up = await in_thread(_live, svc, upload_id)
+        return Response(
+            b"",
+            headers=_headers(up, **{"Upload-Length": str(up.length)}),
+        )
+
+    @patch("/{upload_id:str}", guards=[field_access], status_code=204)
+    async def append(
+        self, request: Request[Any, Any, Any], upload_id: str, svc: Services
+    ) -> Response[bytes]:
+        """Append bytes at Upload-Offset; the 204 means they are on disk."""
+        tus.check_resumable(request.headers)
+        if request.headers.get("content-type") != tus.OCTETS:
+            raise tus.tus_error(415, f"Content-Type must be {tus.OCTETS}")
+        offset = tus.parse_int_header(request.headers, "upload-offset")
+        up = await in_thread(_live, svc, upload_id)
+        up = await _append(request, svc, up, offset)
+        return Response(b"", status_code=204, headers=_headers(up))
+
+    @delete("/{upload_id:str}", guards=[field_access], status_code=204)
+    async def terminate(
+        self, request: Request[Any, Any, Any], upload_id: str, svc: Services
+    ) -> Response[bytes]:
+        """Abandon an upload and free its bytes (an asset it already became stays)."""
+        tus.check_resumable(request.headers)
+        up = await in_thread(_live, svc, upload_id)
+        try:
+            with svc.uploads.locked_part(up):
+                await in_thread(svc.uploads.delete, up.id)
+        except NotFound:
+            await in_thread(svc.uploads.delete, up.id)
+        except Conflict as exc:
+            raise tus.tus_error(423, str(exc)) from exc
+        svc.upload_hashes.pop(up.id, None)
+        return Response(b"", status_code=204, headers={"Tus-Resumable": tus.TUS_VERSION})
+
+    @get("/{upload_id:str}", guards=[field_access])
+    async def status(self, upload_id: str, svc: Services) -> dict[str, Any]:
+        """fieldbox's own view of an upload (offset, length, and the asset once done)."""
+        up = await in_thread(_live, svc, upload_id)
+        return {
+            "id": up.id,
+            "offset": up.offset,
+            "length": up.length,
+            "location": up.location,
+            "filename": up.filename,
+            "expires_at": up.expires_at,
+            "asset_id": up.asset_id,
+        }
+
+
+async def _append(
+    request: Request[Any, Any, Any], svc: Services, up: Upload, offset: int
+) -> Upload:
+    """Receive one PATCH (or creation-with-upload) body at `offset`; finish at the last byte."""
+    if up.asset_id is not None or (up.complete and offset == up.length):
+        if offset != up.offset:
+            raise tus.tus_error(409, f"Upload-Offset {offset} does not match {up.offset}")
+        return up if up.asset_id else await _finish(svc, up)
+    checksum = tus.parse_checksum(request.headers.get("upload-checksum"))
+    announced = request.headers.get("content-length")
+    if announced is not None and announced.isdigit() and offset + int(announced) > up.length:
+        raise tus.tus_error(413, "PATCH body runs past the declared Upload-Length")
+    try:
+        with svc.uploads.locked_part(up) as fh:
+            current = svc.uploads.get(up.id)
+            if offset != current.offset:
+                raise tus.tus_error(409, f"Upload-Offset {offset} does not match {current.offset}")
+            await _receive(request, svc, current, fh, checksum)
+    except Conflict as exc:
+        raise tus.tus_error(423, str(exc), "locked") from exc
+    up = svc.uploads.get(up.id)
+    return await _finish(svc, up) if up.complete else up
+
+
+async def _receive(
+    request: Request[Any, Any, Any],
+    svc: Services,
+    up: Upload,
+    fh: Any,
+    checksum: tuple[str, bytes] | None,
+) -> None:
+    start = up.offset
+    known = svc.upload_hashes.get(up.id)
+    whole = (
+        known[1].copy()
+        if known and known[0] == start
+        else (hashlib.sha256() if start == 0 else None)
+    )
+    chunk_hash = tus.CHECKSUM_ALGORITHMS[checksum[0]]() if checksum else None
+    hashers = [h for h in (whole, chunk_hash) if h is not None]
+    try:
+        result = await tus.receive_into(
+            request.receive,
+            fh,
+            limit=up.length - start,
+            stall_timeout=svc.cfg.api.upload_stall_timeout_s,
+            hashers=hashers,
+        )
+        await in_thread(_sync, fh)
+    except OSError as exc:
+        await in_thread(_rewind, fh, start)
+        if is_disk_full(exc):
+            raise DiskFull("no space left on the data disk; this chunk was not kept") from exc
+        raise
+    except ApiError:
+        await in_thread(_rewind, fh, start)
+        raise
+    if (
+        chunk_hash is not None
+        and checksum is not None
+        and (not result.complete or chunk_hash.digest() != checksum[1])
+    ):
+        await in_thread(_rewind, fh, start)
+        raise tus.tus_error(
+            460,
+            f"Upload-Checksum ({checksum[0]}) does not match; chunk discarded",
+            "checksum_mismatch",
+        )
+    new = start + result.received
+    if new != start:
+        await in_thread(svc.uploads.commit_offset, up.id, start, new)
+        svc.metrics.upload_bytes.inc(result.received)
+    if whole is not None:
+        svc.upload_hashes[up.id] = (new, whole)
+    else:
+        svc.upload_hashes.pop(up.id, None)
+
+
+def _sync(fh: Any) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _rewind(fh: Any, offset: int) -> None:
+    fh.flush()
+    fh.truncate(offset)
+    fh.seek(offset)
+
+
+async def _finish(svc: Services, up: Upload) -> Upload:
+    known = svc.upload_hashes.pop(up.id, None)
+    digest = known[1].hexdigest() if known and known[0] == up.length else None
+    await in_thread(ingest.finalize, svc.layout, svc.locations, svc.uploads, up, digest)
+    svc.metrics.uploads_completed.inc()
+    return await in_thread(svc.uploads.get, up.id)

@@ -1,0 +1,103 @@
+"""Every error leaves as a JSON body `{"error", "message", "status"}` with a 4xx/5xx code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from store.errors import (
+    ChecksumMismatch,
+    Conflict,
+    DiskFull,
+    InvalidDocument,
+    InvalidName,
+    NotFound,
+    PreconditionFailed,
+    StoreError,
+)
+
+_STORE_STATUS: dict[type[StoreError], tuple[int, str]] = {
+    InvalidName: (400, "invalid_name"),
+    InvalidDocument: (400, "invalid_document"),
+    NotFound: (404, "not_found"),
+    Conflict: (409, "conflict"),
+    PreconditionFailed: (412, "precondition_failed"),
+    ChecksumMismatch: (460, "checksum_mismatch"),
+    DiskFull: (507, "insufficient_storage"),
+}
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    411: "length_required",
+    412: "precondition_failed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    416: "range_not_satisfiable",
+    423: "locked",
+    428: "precondition_required",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+class ApiError(HTTPException):
+    """An HTTP error with a stable machine-readable code and optional extra headers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail=message, status_code=status, headers=headers)
+        self.code = code or _CODES.get(status, "error")
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response[Any]:
+    """The JSON error body every failure uses."""
+    return Response(
+        {"error": code, "message": message, "status": status},
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def _store_error(_: Request[Any, Any, Any], exc: StoreError) -> Response[Any]:
+    status, code = next(
+        (v for t, v in _STORE_STATUS.items() if isinstance(exc, t)), (400, "bad_request")
+    )
+    return error_response(status, code, str(exc))
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    code = getattr(exc, "code", None) or _CODES.get(exc.status_code, "error")
+    message = exc.detail
+    if isinstance(exc, ValidationException) and exc.extra:
+        message = f"{exc.detail}: {exc.extra}"
+    headers = dict(exc.headers or {})
+    return error_response(exc.status_code, code, str(message), headers)
+
+
+def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    structlog.get_logger("fieldbox.http").exception("unhandled_error", error=repr(exc))
+    return error_response(500, "internal", "internal error; see the box's logs for the request id")
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    StoreError: _store_error,
+    HTTPException: _http_error,
+    Exception: _unexpected,
+}

@@ -1,0 +1,152 @@
+"""Structured JSON logs with a request id on every line, and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import sys
+import time
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from structlog.contextvars import bind_contextvars, clear_contextvars
+
+from appliance.config import LogConfig
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def configure_logging(cfg: LogConfig, process: str) -> None:
+    """Send structlog and stdlib logging (uvicorn's too) to stdout as one JSON event per line."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if cfg.format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_process(process),
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(cfg.level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers = []
+        logging.getLogger(name).propagate = True
+    # Our own request event replaces uvicorn's access line.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def _add_process(process: str) -> Any:
+    def add(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("process", process)
+        return event
+
+    return add
+
+
+class Metrics:
+    """The Prometheus collectors of one api process (a registry per app, not the global one)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "fieldbox_http_requests_total",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "fieldbox_http_request_seconds",
+            "Time to answer an HTTP request",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.upload_bytes = Counter(
+            "fieldbox_upload_bytes_total",
+            "Bytes received by resumable uploads",
+            registry=self.registry,
+        )
+        self.uploads_completed = Counter(
+            "fieldbox_uploads_completed_total", "Uploads turned into assets", registry=self.registry
+        )
+        self.cas_conflicts = Counter(
+            "fieldbox_document_precondition_failures_total",
+            "Document writes refused because the ETag precondition failed",
+            registry=self.registry,
+        )
+        self.disk_free = Gauge(
+            "fieldbox_data_disk_free_bytes", "Free bytes on the data disk", registry=self.registry
+        )
+
+
+class RequestObserver:
+    """ASGI wrapper: request id, one JSON log line and metrics for every HTTP request."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log = structlog.get_logger("fieldbox.http")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Handle one ASGI connection."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else secrets.token_hex(8)
+        clear_contextvars()
+        bind_contextvars(request_id=request_id)
+        status = 500
+        start = time.perf_counter()
+
+        async def observed_send(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("path_template") or "unmatched"
+            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            self.metrics.latency.labels(scope["method"], route).observe(elapsed)
+            self.log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                route=route,
+                status=status,
+                ms=round(elapsed * 1000, 2),
+            )
+            clear_contextvars()

@@ -1,0 +1,105 @@
+"""Request and response bodies of the field API (msgspec Structs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from store.assets import Asset
+from store.locations import Location
+
+
+class LocationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Body of `POST /v1/locations`."""
+
+    id: str
+    account: str
+    geo_prefix: str
+    name: str
+
+
+class LocationList(msgspec.Struct, kw_only=True):
+    """Every location on the box."""
+
+    items: list[Location]
+
+
+class DocumentMeta(msgspec.Struct, kw_only=True):
+    """One document in a listing: its key, ETag and body."""
+
+    key: str
+    etag: str
+    updated_at: float
+    body: msgspec.Raw
+
+
+class DocumentPage(msgspec.Struct, kw_only=True):
+    """A page of a collection, in key order."""
+
+    items: list[DocumentMeta]
+    next_cursor: str | None
+
+
+class AssetOut(msgspec.Struct, kw_only=True):
+    """An asset as clients see it."""
+
+    id: str
+    location: str
+    project: str | None
+    kind: str
+    filename: str
+    mime_type: str
+    size: int
+    sha256: str
+    created_at: float
+    metadata: dict[str, Any]
+    content_url: str
+
+    @classmethod
+    def of(cls, asset: Asset) -> AssetOut:
+        """Public view of a stored asset."""
+        return cls(
+            id=asset.id,
+            location=asset.location,
+            project=asset.project,
+            kind=asset.kind,
+            filename=asset.filename,
+            mime_type=asset.mime_type,
+            size=asset.size,
+            sha256=asset.sha256,
+            created_at=asset.created_at,
+            metadata=asset.metadata,
+            content_url=f"/v1/assets/{asset.id}/content",
+        )
+
+
+class AssetPage(msgspec.Struct, kw_only=True):
+    """A page of assets, newest first."""
+
+    items: list[AssetOut]
+    next_cursor: str | None
+
+
+class Health(msgspec.Struct, kw_only=True):
+    """Liveness answer."""
+
+    ok: bool
+    process: str
+    version: str
+    uptime_s: float
+
+
+class Readiness(msgspec.Struct, kw_only=True):
+    """Readiness answer: every check and its verdict."""
+
+    ok: bool
+    checks: dict[str, str]
+
+
+class VersionInfo(msgspec.Struct, kw_only=True):
+    """What is running."""
+
+    name: str
+    version: str
+    python: str

@@ -1,0 +1,71 @@
+"""The resources one api process holds open, built from config and closed in reverse order."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio.to_thread
+
+from appliance.config import FieldboxConfig
+from appliance.observe import Metrics
+from store import ingest, keys
+from store.db import Database
+from store.locations import Locations
+from store.paths import Layout
+from store.uploads import Uploads
+
+T = TypeVar("T")
+
+
+async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking store work (SQLite, fsync) off the event loop."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+@dataclass
+class Services:
+    """Stores and helpers shared by the api's handlers."""
+
+    cfg: FieldboxConfig
+    layout: Layout
+    locations: Locations
+    uploads: Uploads
+    keys: Database
+    metrics: Metrics
+    started_at: float = field(default_factory=time.time)
+    # Running sha256 of uploads in flight (offset it covers, hasher), so a finished upload
+    # need not be read again; lost on restart, when the file is hashed instead.
+    upload_hashes: dict[str, tuple[int, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, cfg: FieldboxConfig, metrics: Metrics | None = None) -> Services:
+        """Open every store under the data root and finish uploads a crash interrupted."""
+        layout = Layout(cfg.data_dir)
+        layout.ensure()
+        locations = Locations(layout, cfg.store)
+        uploads = Uploads(layout, cfg.store)
+        key_db = keys.open_keys(str(layout.keys_db), cfg.store)
+        svc = cls(cfg, layout, locations, uploads, key_db, metrics or Metrics())
+        ingest.resume_all(layout, locations, uploads)
+        return svc
+
+    def free_disk_bytes(self) -> int:
+        """Free bytes on the filesystem of the data root."""
+        free = shutil.disk_usage(self.layout.root).free
+        self.metrics.disk_free.set(free)
+        return free
+
+    def disk_low(self) -> bool:
+        """True when free disk is under the configured floor."""
+        return self.free_disk_bytes() < self.cfg.store.min_free_disk_mb * 1024 * 1024
+
+    def close(self) -> None:
+        """Close in reverse order of opening."""
+        self.keys.close()
+        self.uploads.close()
+        self.locations.close()

@@ -1,0 +1,193 @@
+"""The tus 1.0.0 protocol pieces: headers, metadata, checksums, and the PATCH body loop."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import mimetypes
+import os
+import re
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import IO, Any
+
+from appliance.errors import ApiError
+from store.paths import check_id, check_sha256
+
+TUS_VERSION = "1.0.0"
+EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
+CHECKSUM_ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
+OCTETS = "application/offset+octet-stream"
+_KIND = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_WRITE_AT = 1 << 20
+
+
+def tus_error(status: int, message: str, code: str | None = None) -> ApiError:
+    """An ApiError that carries the Tus-Resumable header, as tus clients expect."""
+    return ApiError(status, message, code=code, headers={"Tus-Resumable": TUS_VERSION})
+
+
+def check_resumable(headers: Any) -> None:
+    """412 unless the client speaks tus 1.0.0."""
+    value = headers.get("tus-resumable")
+    if value != TUS_VERSION:
+        raise ApiError(
+            412,
+            f"Tus-Resumable: {TUS_VERSION} is required (got {value!r})",
+            code="unsupported_tus_version",
+            headers={"Tus-Resumable": TUS_VERSION, "Tus-Version": TUS_VERSION},
+        )
+
+
+def expires_header(ts: float) -> str:
+    """An RFC 7231 date for Upload-Expires."""
+    return formatdate(ts, usegmt=True)
+
+
+def parse_int_header(headers: Any, name: str) -> int:
+    """A required non-negative integer header, or 400."""
+    raw = headers.get(name)
+    if raw is None:
+        raise tus_error(400, f"{name} header is required")
+    if not raw.isdigit() or len(raw) > 19:
+        raise tus_error(400, f"{name} must be a non-negative integer (got {raw!r})")
+    return int(raw)
+
+
+def parse_metadata(raw: str | None) -> dict[str, str]:
+    """Decode `Upload-Metadata` (`key base64,key2 base64`), or 400."""
+    out: dict[str, str] = {}
+    if not raw:
+        return out
+    for pair in raw.split(","):
+        key, _, value = pair.strip().partition(" ")
+        if not key or len(key) > 64 or not key.isascii() or " " in value.strip():
+            raise tus_error(400, f"malformed Upload-Metadata entry {pair.strip()!r}")
+        try:
+            out[key] = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise tus_error(400, f"Upload-Metadata value of {key!r} is not base64 UTF-8") from exc
+        if len(out[key]) > 4096:
+            raise tus_error(400, f"Upload-Metadata value of {key!r} is too long")
+    if len(out) > 64:
+        raise tus_error(400, "too many Upload-Metadata entries")
+    return out
+
+
+@dataclass(frozen=True)
+class UploadMeta:
+    """What fieldbox reads out of a tus upload's metadata."""
+
+    location: str
+    filename: str
+    project: str | None
+    kind: str
+    mime_type: str
+    sha256: str | None
+
+
+def upload_meta(meta: dict[str, str]) -> UploadMeta:
+    """Validate the metadata fieldbox needs; 400 naming the first problem."""
+    if "location" not in meta:
+        raise tus_error(400, "Upload-Metadata must carry 'location'")
+    if not meta.get("filename"):
+        raise tus_error(400, "Upload-Metadata must carry 'filename'")
+    location = check_id("location id", meta["location"])
+    filename = os.path.basename(meta["filename"].replace("\\", "/"))[:255]
+    if not filename or filename in (".", ".."):
+        raise tus_error(400, f"invalid filename {meta['filename']!r}")
+    project = check_id("project", meta["project"]) if meta.get("project") else None
+    mime = (
+        meta.get("filetype")
+        or meta.get("mime_type")
+        or meta.get("content_type")
+        or mimetypes.guess_type(filename)[0]
+        or "application/octet-stream"
+    )
+    kind = meta.get("kind") or _kind_of(mime)
+    if not _KIND.match(kind):
+        raise tus_error(400, f"invalid kind {kind!r}: lowercase letters, digits, '_' or '-'")
+    sha = check_sha256(meta["sha256"].lower()) if meta.get("sha256") else None
+    return UploadMeta(location, filename, project, kind, mime[:200], sha)
+
+
+def _kind_of(mime: str) -> str:
+    if mime.startswith("video/"):
+        return "video"
+    if mime.startswith("image/"):
+        return "image"
+    return "document"
+
+
+def parse_checksum(raw: str | None) -> tuple[str, bytes] | None:
+    """Decode `Upload-Checksum: <algo> <base64>`; 400 for an unknown algorithm or bad digest."""
+    if raw is None:
+        return None
+    algo, _, value = raw.strip().partition(" ")
+    if algo not in CHECKSUM_ALGORITHMS:
+        raise tus_error(
+            400, f"unsupported checksum algorithm {algo!r} (use {', '.join(CHECKSUM_ALGORITHMS)})"
+        )
+    try:
+        return algo, base64.b64decode(value.strip(), validate=True)
+    except binascii.Error as exc:
+        raise tus_error(400, "Upload-Checksum digest is not base64") from exc
+
+
+@dataclass
+class ChunkResult:
+    """How a PATCH body ended: bytes kept, and whether the client sent all it announced."""
+
+    received: int
+    complete: bool
+
+
+async def receive_into(
+    receive: Any,
+    fh: IO[bytes],
+    *,
+    limit: int,
+    stall_timeout: float,
+    hashers: list[Any],
+) -> ChunkResult:
+    """Copy the request body into `fh` (at most `limit` bytes), feeding `hashers` as it goes.
+
+    Ends early, keeping what arrived, when the client disconnects or sends nothing for
+    `stall_timeout` seconds. Raises 413 when the body runs past `limit`.
+    """
+    buf = bytearray()
+    received = 0
+    complete = False
+    try:
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), timeout=stall_timeout)
+            except TimeoutError:
+                break
+            if message["type"] == "http.disconnect":
+                break
+            body = message.get("body", b"")
+            if body:
+                if received + len(body) > limit:
+                    raise tus_error(413, "PATCH body runs past the declared Upload-Length")
+                received += len(body)
+                buf += body
+                if len(buf) >= _WRITE_AT:
+                    _flush(fh, buf, hashers)
+            if not message.get("more_body", False):
+                complete = True
+                break
+    finally:
+        _flush(fh, buf, hashers)
+    return ChunkResult(received=received, complete=complete)
+
+
+def _flush(fh: IO[bytes], buf: bytearray, hashers: list[Any]) -> None:
+    if not buf:
+        return
+    fh.write(buf)
+    for h in hashers:
+        h.update(buf)
+    buf.clear()
