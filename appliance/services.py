@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio.to_thread
+from litestar.di import NamedDependency
 
 from appliance.config import FieldboxConfig
 from appliance.observe import Metrics
@@ -69,3 +70,7 @@ class Services:
         self.keys.close()
         self.uploads.close()
         self.locations.close()
+
+
+# How handlers ask for the services: an explicit named dependency (Litestar 3 style).
+Svc = NamedDependency[Services]

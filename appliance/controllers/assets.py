@@ -10,22 +10,22 @@ from urllib.parse import quote
 
 import anyio
 from litestar import Controller, Request, Response, get
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Stream
 
 from appliance.auth import field_access
 from appliance.errors import ApiError
 from appliance.schemas import AssetOut, AssetPage
-from appliance.services import Services
+from appliance.services import Svc
 from store import assets, blobs, catalog
 from store.paths import check_id
 
-Limit = Annotated[int | None, Parameter(ge=1, le=1000, required=False)]
+Limit = Annotated[int | None, QueryParameter(ge=1, le=1000, required=False)]
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CHUNK = 256 * 1024
 
 
-def _asset(svc: Services, asset_id: str) -> assets.Asset:
+def _asset(svc: Svc, asset_id: FromPath[str]) -> assets.Asset:
     loc_id = assets.location_of(asset_id)
     return assets.get(svc.locations.db(loc_id), loc_id, asset_id)
 
@@ -74,11 +74,11 @@ class AssetController(Controller):
     @get("/", sync_to_thread=True)
     def list_assets(
         self,
-        svc: Services,
-        project_id: Annotated[str, Parameter(query="projectId")] = "all",
-        location: str | None = None,
+        svc: Svc,
+        project_id: Annotated[str, QueryParameter(name="projectId")] = "all",
+        location: FromQuery[str | None] = None,
         limit: Limit = None,
-        cursor: str | None = None,
+        cursor: FromQuery[str | None] = None,
     ) -> AssetPage:
         """Newest first, one entry per sha256; follow `next_cursor` for the next page."""
         project = None if project_id == "all" else check_id("project", project_id)
@@ -94,13 +94,16 @@ class AssetController(Controller):
         return AssetPage(items=[AssetOut.of(a) for a in items], next_cursor=next_cursor)
 
     @get("/{asset_id:str}", sync_to_thread=True)
-    def read(self, asset_id: str, svc: Services) -> AssetOut:
+    def read(self, asset_id: FromPath[str], svc: Svc) -> AssetOut:
         """One asset's record."""
         return AssetOut.of(_asset(svc, asset_id))
 
     @get("/{asset_id:str}/content", sync_to_thread=True)
     def content(
-        self, request: Request[Any, Any, Any], asset_id: str, svc: Services
+        self,
+        request: Request[Any, Any, Any],
+        asset_id: FromPath[str],
+        svc: Svc,
     ) -> Response[Any]:
         """The bytes; honours a single `Range` (206) for chunked or resumed downloads."""
         asset = _asset(svc, asset_id)

@@ -8,16 +8,16 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, put
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from appliance.auth import field_access
 from appliance.errors import ApiError
 from appliance.schemas import DocumentMeta, DocumentPage
-from appliance.services import Services, in_thread
+from appliance.services import Svc, in_thread
 from store import documents
 from store.errors import PreconditionFailed
 
-Limit = Annotated[int | None, Parameter(ge=1, le=1000, required=False)]
+Limit = Annotated[int | None, QueryParameter(ge=1, le=1000, required=False)]
 
 
 def _precondition(if_match: str | None, if_none_match: str | None) -> tuple[str | None, bool]:
@@ -50,7 +50,13 @@ class DocumentController(Controller):
     tags = ["documents"]
 
     @get("/{collection:str}/{key:str}", sync_to_thread=True)
-    def read(self, location_id: str, collection: str, key: str, svc: Services) -> Response[bytes]:
+    def read(
+        self,
+        location_id: FromPath[str],
+        collection: FromPath[str],
+        key: FromPath[str],
+        svc: Svc,
+    ) -> Response[bytes]:
         """Exactly the stored JSON, with its ETag."""
         doc = documents.get(svc.locations.db(location_id), collection, key)
         return Response(doc.body, media_type="application/json", headers={"ETag": doc.etag})
@@ -59,10 +65,10 @@ class DocumentController(Controller):
     async def write(
         self,
         request: Request[Any, Any, Any],
-        location_id: str,
-        collection: str,
-        key: str,
-        svc: Services,
+        location_id: FromPath[str],
+        collection: FromPath[str],
+        key: FromPath[str],
+        svc: Svc,
     ) -> Response[Any]:
         """Create (If-None-Match: *) → 201 or update (If-Match) → 200; stale → 412."""
         if_match, create = _precondition(
@@ -96,10 +102,10 @@ class DocumentController(Controller):
     def remove(
         self,
         request: Request[Any, Any, Any],
-        location_id: str,
-        collection: str,
-        key: str,
-        svc: Services,
+        location_id: FromPath[str],
+        collection: FromPath[str],
+        key: FromPath[str],
+        svc: Svc,
     ) -> None:
         """Delete a document; needs If-Match (a stale ETag → 412)."""
         if_match = request.headers.get("if-match")
@@ -114,11 +120,11 @@ class DocumentController(Controller):
     @get("/{collection:str}", sync_to_thread=True)
     def list_page(
         self,
-        location_id: str,
-        collection: str,
-        svc: Services,
+        location_id: FromPath[str],
+        collection: FromPath[str],
+        svc: Svc,
         limit: Limit = None,
-        cursor: str | None = None,
+        cursor: FromQuery[str | None] = None,
     ) -> DocumentPage:
         """A page of the collection in key order; follow `next_cursor` for the next."""
         size = limit or svc.cfg.api.page_size

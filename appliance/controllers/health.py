@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from appliance import __version__
 from appliance.schemas import Health, Readiness, VersionInfo
-from appliance.services import Services
+from appliance.services import Svc
 
 
 class HealthController(Controller):
@@ -22,14 +22,14 @@ class HealthController(Controller):
     tags = ["health"]
 
     @get("/health")
-    async def health(self, svc: Services) -> Health:
+    async def health(self, svc: Svc) -> Health:
         """Liveness: the process answers."""
         return Health(
             ok=True, process="api", version=__version__, uptime_s=time.time() - svc.started_at
         )
 
     @get("/ready", sync_to_thread=True)
-    def ready(self, svc: Services) -> Response[Readiness]:
+    def ready(self, svc: Svc) -> Response[Readiness]:
         """Readiness: data dir writable, databases open, enough free disk."""
         checks: dict[str, str] = {}
         probe = svc.layout.tmp_dir / f".ready-{secrets.token_hex(4)}"
@@ -57,7 +57,7 @@ class HealthController(Controller):
         return VersionInfo(name="fieldbox", version=__version__, python=platform.python_version())
 
     @get("/metrics", include_in_schema=False, sync_to_thread=False)
-    def metrics(self, svc: Services) -> Response[Any]:
+    def metrics(self, svc: Svc) -> Response[Any]:
         """Prometheus text exposition of this process's metrics."""
         svc.free_disk_bytes()
         return Response(

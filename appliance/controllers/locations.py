@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from litestar import Controller, get, post
+from litestar.params import FromPath, JSONBody
 
 from appliance.auth import field_access
 from appliance.schemas import LocationIn, LocationList
-from appliance.services import Services
+from appliance.services import Svc
 from store.locations import Location
 
 
@@ -18,17 +19,17 @@ class LocationController(Controller):
     tags = ["locations"]
 
     @post("/", sync_to_thread=True)
-    def create(self, data: LocationIn, svc: Services) -> Location:
+    def create(self, data: JSONBody[LocationIn], svc: Svc) -> Location:
         """Create a location (409 if the id is taken)."""
         loc = Location(id=data.id, account=data.account, geo_prefix=data.geo_prefix, name=data.name)
         return svc.locations.create(loc)
 
     @get("/", sync_to_thread=True)
-    def list_all(self, svc: Services) -> LocationList:
+    def list_all(self, svc: Svc) -> LocationList:
         """Every location, by id."""
         return LocationList(items=svc.locations.list())
 
     @get("/{location_id:str}", sync_to_thread=True)
-    def read(self, location_id: str, svc: Services) -> Location:
+    def read(self, location_id: FromPath[str], svc: Svc) -> Location:
         """One location."""
         return svc.locations.get(location_id)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 from litestar import Controller, Response, get
+from litestar.params import FromPath
 
 from appliance import project_markdown
 from appliance.auth import field_access
-from appliance.services import Services
+from appliance.services import Svc
 from store import assets, documents
 from store.paths import check_id
 
@@ -21,7 +22,9 @@ class ProjectController(Controller):
     tags = ["projects"]
 
     @get("/{project:str}/markdown", sync_to_thread=True)
-    def markdown(self, location_id: str, project: str, svc: Services) -> Response[str]:
+    def markdown(
+        self, location_id: FromPath[str], project: FromPath[str], svc: Svc
+    ) -> Response[str]:
         """The project's documents and assets as markdown with YAML front matter."""
         check_id("project", project)
         loc = svc.locations.get(location_id)

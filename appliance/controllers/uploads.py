@@ -8,11 +8,12 @@ import time
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, head, patch, post, route
+from litestar.params import FromPath
 
 from appliance import tus
 from appliance.auth import field_access
 from appliance.errors import ApiError
-from appliance.services import Services, in_thread
+from appliance.services import Svc, in_thread
 from store import ingest
 from store.db import is_disk_full
 from store.errors import Conflict, DiskFull, NotFound
@@ -32,7 +33,7 @@ def _headers(up: Upload, **extra: str) -> dict[str, str]:
     return headers
 
 
-def _live(svc: Services, upload_id: str) -> Upload:
+def _live(svc: Svc, upload_id: FromPath[str]) -> Upload:
     try:
         up = svc.uploads.get(upload_id)
     except NotFound as exc:
@@ -49,10 +50,10 @@ class UploadController(Controller):
     tags = ["uploads"]
 
     @route("/", http_method="OPTIONS", status_code=204, include_in_schema=False)
-    async def discover(self, svc: Services) -> Response[bytes]:
+    async def discover(self, svc: Svc) -> Response[None]:
         """Server capabilities (no auth: it reveals nothing but the protocol)."""
         return Response(
-            b"",
+            None,
             status_code=204,
             headers={
                 "Tus-Resumable": tus.TUS_VERSION,
@@ -64,7 +65,7 @@ class UploadController(Controller):
         )
 
     @post("/", guards=[field_access], status_code=201)
-    async def create(self, request: Request[Any, Any, Any], svc: Services) -> Response[bytes]:
+    async def create(self, request: Request[Any, Any, Any], svc: Svc) -> Response[None]:
         """Start an upload; with a body (creation-with-upload) the first bytes land too."""
         tus.check_resumable(request.headers)
         if "upload-defer-length" in request.headers:
@@ -96,24 +97,30 @@ class UploadController(Controller):
             up = await _append(request, svc, up, 0)
         elif length == 0:
             up = await _finish(svc, up)
-        return Response(b"", status_code=201, headers=_headers(up, **location))
+        return Response(None, status_code=201, headers=_headers(up, **location))
 
     @head("/{upload_id:str}", guards=[field_access])
     async def offset(
-        self, request: Request[Any, Any, Any], upload_id: str, svc: Services
-    ) -> Response[bytes]:
+        self,
+        request: Request[Any, Any, Any],
+        upload_id: FromPath[str],
+        svc: Svc,
+    ) -> Response[None]:
         """How many bytes the box holds durably: resume from there."""
         tus.check_resumable(request.headers)
         up = await in_thread(_live, svc, upload_id)
         return Response(
-            b"",
+            None,
             headers=_headers(up, **{"Upload-Length": str(up.length)}),
         )
 
     @patch("/{upload_id:str}", guards=[field_access], status_code=204)
     async def append(
-        self, request: Request[Any, Any, Any], upload_id: str, svc: Services
-    ) -> Response[bytes]:
+        self,
+        request: Request[Any, Any, Any],
+        upload_id: FromPath[str],
+        svc: Svc,
+    ) -> Response[None]:
         """Append bytes at Upload-Offset; the 204 means they are on disk."""
         tus.check_resumable(request.headers)
         if request.headers.get("content-type") != tus.OCTETS:
@@ -121,12 +128,15 @@ class UploadController(Controller):
         offset = tus.parse_int_header(request.headers, "upload-offset")
         up = await in_thread(_live, svc, upload_id)
         up = await _append(request, svc, up, offset)
-        return Response(b"", status_code=204, headers=_headers(up))
+        return Response(None, status_code=204, headers=_headers(up))
 
     @delete("/{upload_id:str}", guards=[field_access], status_code=204)
     async def terminate(
-        self, request: Request[Any, Any, Any], upload_id: str, svc: Services
-    ) -> Response[bytes]:
+        self,
+        request: Request[Any, Any, Any],
+        upload_id: FromPath[str],
+        svc: Svc,
+    ) -> Response[None]:
         """Abandon an upload and free its bytes (an asset it already became stays)."""
         tus.check_resumable(request.headers)
         up = await in_thread(_live, svc, upload_id)
@@ -138,10 +148,10 @@ class UploadController(Controller):
         except Conflict as exc:
             raise tus.tus_error(423, str(exc)) from exc
         svc.upload_hashes.pop(up.id, None)
-        return Response(b"", status_code=204, headers={"Tus-Resumable": tus.TUS_VERSION})
+        return Response(None, status_code=204, headers={"Tus-Resumable": tus.TUS_VERSION})
 
     @get("/{upload_id:str}", guards=[field_access])
-    async def status(self, upload_id: str, svc: Services) -> dict[str, Any]:
+    async def status(self, upload_id: FromPath[str], svc: Svc) -> dict[str, Any]:
         """fieldbox's own view of an upload (offset, length, and the asset once done)."""
         up = await in_thread(_live, svc, upload_id)
         return {
@@ -155,9 +165,7 @@ class UploadController(Controller):
         }
 
 
-async def _append(
-    request: Request[Any, Any, Any], svc: Services, up: Upload, offset: int
-) -> Upload:
+async def _append(request: Request[Any, Any, Any], svc: Svc, up: Upload, offset: int) -> Upload:
     """Receive one PATCH (or creation-with-upload) body at `offset`; finish at the last byte."""
     if up.asset_id is not None or (up.complete and offset == up.length):
         if offset != up.offset:
@@ -181,7 +189,7 @@ async def _append(
 
 async def _receive(
     request: Request[Any, Any, Any],
-    svc: Services,
+    svc: Svc,
     up: Upload,
     fh: Any,
     checksum: tuple[str, bytes] | None,
@@ -244,7 +252,7 @@ def _rewind(fh: Any, offset: int) -> None:
     fh.seek(offset)
 
 
-async def _finish(svc: Services, up: Upload) -> Upload:
+async def _finish(svc: Svc, up: Upload) -> Upload:
     known = svc.upload_hashes.pop(up.id, None)
     digest = known[1].hexdigest() if known and known[0] == up.length else None
     await in_thread(ingest.finalize, svc.layout, svc.locations, svc.uploads, up, digest)
