@@ -13,7 +13,7 @@ from litestar.params import FromPath
 from appliance import tus
 from appliance.auth import field_access
 from appliance.errors import ApiError
-from appliance.services import Svc, in_thread
+from appliance.services import Services, Svc, in_thread
 from store import ingest
 from store.db import is_disk_full
 from store.errors import Conflict, DiskFull, NotFound
@@ -33,7 +33,7 @@ def _headers(up: Upload, **extra: str) -> dict[str, str]:
     return headers
 
 
-def _live(svc: Svc, upload_id: FromPath[str]) -> Upload:
+def _live(svc: Services, upload_id: str) -> Upload:
     try:
         up = svc.uploads.get(upload_id)
     except NotFound as exc:
@@ -49,8 +49,10 @@ class UploadController(Controller):
     path = "/v1/uploads"
     tags = ["uploads"]
 
+    # Litestar registers a controller's handlers in name order and adds its own OPTIONS
+    # handler to a path that has none yet; this name sorts before `create` so ours is first.
     @route("/", http_method="OPTIONS", status_code=204, include_in_schema=False)
-    async def discover(self, svc: Svc) -> Response[None]:
+    async def capabilities(self, svc: Svc) -> Response[None]:
         """Server capabilities (no auth: it reveals nothing but the protocol)."""
         return Response(
             None,
@@ -165,7 +167,9 @@ class UploadController(Controller):
         }
 
 
-async def _append(request: Request[Any, Any, Any], svc: Svc, up: Upload, offset: int) -> Upload:
+async def _append(
+    request: Request[Any, Any, Any], svc: Services, up: Upload, offset: int
+) -> Upload:
     """Receive one PATCH (or creation-with-upload) body at `offset`; finish at the last byte."""
     if up.asset_id is not None or (up.complete and offset == up.length):
         if offset != up.offset:
@@ -189,7 +193,7 @@ async def _append(request: Request[Any, Any, Any], svc: Svc, up: Upload, offset:
 
 async def _receive(
     request: Request[Any, Any, Any],
-    svc: Svc,
+    svc: Services,
     up: Upload,
     fh: Any,
     checksum: tuple[str, bytes] | None,
@@ -252,7 +256,7 @@ def _rewind(fh: Any, offset: int) -> None:
     fh.seek(offset)
 
 
-async def _finish(svc: Svc, up: Upload) -> Upload:
+async def _finish(svc: Services, up: Upload) -> Upload:
     known = svc.upload_hashes.pop(up.id, None)
     digest = known[1].hexdigest() if known and known[0] == up.length else None
     await in_thread(ingest.finalize, svc.layout, svc.locations, svc.uploads, up, digest)
