@@ -11,7 +11,8 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Settings for everything the box keeps on disk."""
 
     data_dir: str = ""
-    """Data root. Empty means `$FIELDBOX_DATA`, else `./var` (resolved by the CLI)."""
+    """Data root. `$FIELDBOX_DATA` overrides it; empty means /var/lib/fieldbox when that
+    exists and is writable (an installed box), else ./var (a checkout)."""
 
     busy_timeout_ms: Annotated[int, msgspec.Meta(ge=5000)] = 10_000
     """How long a writer waits for another process's write lock before giving up (>= 5000)."""

@@ -168,8 +168,16 @@ class Locations:
 
     def list(self) -> list[Location]:
         """Every location on the box, sorted by id."""
-        locs = [self.get(found) for _, _, found in self._scan()]
-        return sorted(locs, key=lambda loc: loc.id)
+        found: list[Location] = []
+        for account, geo, loc_id in self._scan():
+            with self._lock:
+                cached = self._cache.get(loc_id)
+            if cached is None:
+                cached = self._read_meta(account, geo, loc_id)
+                with self._lock:
+                    self._cache[loc_id] = cached
+            found.append(cached)
+        return sorted(found, key=lambda loc: loc.id)
 
     def db(self, loc_id: str) -> Database:
         """The open database of a location (opened once per process)."""
