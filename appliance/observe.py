@@ -7,6 +7,7 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -44,7 +45,12 @@ def configure_logging(cfg: LogConfig, process: str) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+            foreign_pre_chain=[
+                *shared,
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(),
+                _drop_color,
+            ],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
@@ -60,6 +66,12 @@ def configure_logging(cfg: LogConfig, process: str) -> None:
         logging.getLogger(name).propagate = True
     # Our own request event replaces uvicorn's access line.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def _drop_color(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # uvicorn attaches an ANSI-coloured copy of its message; journald wants plain text.
+    event.pop("color_message", None)
+    return event
 
 
 def _add_process(process: str) -> Any:
