@@ -11,6 +11,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 
 from appliance import __version__
 from appliance.config import FieldboxConfig
@@ -72,7 +73,13 @@ def create_app(cfg: FieldboxConfig) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
-            title="fieldbox field API", version=__version__, path="/schema"
+            title="fieldbox field API",
+            version=__version__,
+            path="/schema",
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
+            ),
+            security=[{"bearer": []}],
         ),
         request_max_body_size=cfg.api.max_document_bytes + 64 * 1024,
         debug=False,
