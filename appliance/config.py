@@ -150,12 +150,12 @@ def _check(
     # msgspec stops at the first error; walking field by field reports all of them.
     where = ".".join(path) or "top level"
     if not isinstance(raw, dict):
-        return [ConfigProblem(lines.get(".".join(path), 0), f"{where}: expected a table")]
+        return [ConfigProblem(_line_of(lines, ".".join(path)), f"{where}: expected a table")]
     hints = get_type_hints(struct, include_extras=True)
     problems: list[ConfigProblem] = []
     for key, value in raw.items():
         dotted = ".".join((*path, key))
-        line = lines.get(dotted, 0)
+        line = _line_of(lines, dotted)
         if key not in struct.__struct_fields__:
             known = ", ".join(struct.__struct_fields__)
             problems.append(ConfigProblem(line, f"unknown key {dotted!r} (known here: {known})"))
@@ -172,7 +172,7 @@ def _check(
 
 
 _HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\" ]+?)\s*\]\]?\s*(#.*)?$")
-_ASSIGN = re.compile(r"^\s*([A-Za-z0-9_\-\"]+)\s*=")
+_ASSIGN = re.compile(r"^\s*([A-Za-z0-9_.\-\" ]+?)\s*=")
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -187,8 +187,20 @@ def _key_lines(text: str) -> dict[str, int]:
             continue
         assign = _ASSIGN.match(line)
         if assign:
-            found.setdefault(".".join((*table, assign.group(1).strip('"'))), number)
+            parts = tuple(p.strip().strip('"') for p in assign.group(1).split("."))
+            for depth in range(1, len(parts) + 1):
+                found.setdefault(".".join((*table, *parts[:depth])), number)
     return found
+
+
+def _line_of(lines: dict[str, int], dotted: str) -> int:
+    # A key inside an inline table has no line of its own: use its table's.
+    parts = dotted.split(".")
+    while parts:
+        if ".".join(parts) in lines:
+            return lines[".".join(parts)]
+        parts.pop()
+    return 0
 
 
 def describe(struct: type[msgspec.Struct] = FieldboxConfig, prefix: str = "") -> list[str]:

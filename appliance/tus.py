@@ -14,7 +14,7 @@ from email.utils import formatdate
 from typing import IO, Any
 
 from appliance.errors import ApiError
-from store.paths import check_id, check_sha256
+from store.paths import check_id, check_label, check_sha256
 
 TUS_VERSION = "1.0.0"
 EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
@@ -98,7 +98,7 @@ def upload_meta(meta: dict[str, str]) -> UploadMeta:
     filename = os.path.basename(meta["filename"].replace("\\", "/"))[:255]
     if not filename or filename in (".", ".."):
         raise tus_error(400, f"invalid filename {meta['filename']!r}")
-    project = check_id("project", meta["project"]) if meta.get("project") else None
+    project = check_label("project", meta["project"]) if meta.get("project") else None
     mime = (
         meta.get("filetype")
         or meta.get("mime_type")

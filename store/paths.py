@@ -37,6 +37,25 @@ def check_key(kind: str, value: str) -> str:
     return value
 
 
+def check_label(kind: str, value: str) -> str:
+    """Return `value` if it is a usable free-text label (a project name), else raise.
+
+    Labels only ever reach SQLite as parameters, never a path, so spaces are fine.
+    """
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= 200
+        or value != value.strip()
+        or value in (".", "..")
+        or any(ord(c) < 32 or c in "/\\\x7f" for c in value)
+    ):
+        raise InvalidName(
+            f"invalid {kind} {value!r}: 1-200 characters, not '.' or '..', no slashes, "
+            "control characters or surrounding spaces"
+        )
+    return value
+
+
 def check_sha256(value: str) -> str:
     """Return `value` if it is a lowercase hex sha256 digest, else raise."""
     if not isinstance(value, str) or not _SHA256.match(value):

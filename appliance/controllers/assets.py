@@ -5,20 +5,21 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, Response, get, head
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Stream
 
 from appliance.auth import field_access
 from appliance.errors import ApiError
 from appliance.schemas import AssetOut, AssetPage
-from appliance.services import Svc
+from appliance.services import Services, Svc
 from store import assets, blobs, catalog
-from store.paths import check_id
+from store.paths import check_label
 
 Limit = Annotated[int | None, QueryParameter(ge=1, le=1000, required=False)]
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -81,7 +82,7 @@ class AssetController(Controller):
         cursor: FromQuery[str | None] = None,
     ) -> AssetPage:
         """Newest first, one entry per sha256; follow `next_cursor` for the next page."""
-        project = None if project_id == "all" else check_id("project", project_id)
+        project = None if project_id == "all" else check_label("project", project_id)
         if location is not None:
             svc.locations.get(location)
         items, next_cursor = catalog.list_assets(
@@ -106,23 +107,51 @@ class AssetController(Controller):
         svc: Svc,
     ) -> Response[Any]:
         """The bytes; honours a single `Range` (206) for chunked or resumed downloads."""
-        asset = _asset(svc, asset_id)
-        path = blobs.blob_path(svc.layout, svc.locations.get(asset.location), asset.sha256)
-        size = os.path.getsize(path)
-        span = parse_range(request.headers.get("range"), size)
-        start, end = span if span else (0, size - 1)
-        length = end - start + 1 if size else 0
-        headers = {
-            "Accept-Ranges": "bytes",
-            "ETag": f'"{asset.sha256}"',
-            "Content-Length": str(length),
-            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(asset.filename, safe='')}",
-        }
-        if span:
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        part = _content(svc, asset_id, request.headers.get("range"))
         return Stream(
-            _read(str(path), start, length),
-            status_code=206 if span else 200,
-            media_type=asset.mime_type,
-            headers=headers,
+            _read(part.path, part.start, part.length),
+            status_code=part.status,
+            media_type=part.mime_type,
+            headers=part.headers,
         )
+
+    @head("/{asset_id:str}/content", sync_to_thread=True)
+    def content_head(
+        self,
+        request: Request[Any, Any, Any],
+        asset_id: FromPath[str],
+        svc: Svc,
+    ) -> Response[None]:
+        """Size, type and range support of the bytes, without them (for download managers)."""
+        part = _content(svc, asset_id, request.headers.get("range"))
+        # The type travels as a header: Litestar would try to encode `None` as that type.
+        headers = {**part.headers, "Content-Type": part.mime_type}
+        return Response(None, status_code=part.status, headers=headers)
+
+
+@dataclass(frozen=True)
+class _Part:
+    path: str
+    start: int
+    length: int
+    status: int
+    mime_type: str
+    headers: dict[str, str]
+
+
+def _content(svc: Services, asset_id: str, range_header: str | None) -> _Part:
+    asset = _asset(svc, asset_id)
+    path = blobs.blob_path(svc.layout, svc.locations.get(asset.location), asset.sha256)
+    size = os.path.getsize(path)
+    span = parse_range(range_header, size)
+    start, end = span if span else (0, size - 1)
+    length = end - start + 1 if size else 0
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{asset.sha256}"',
+        "Content-Length": str(length),
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(asset.filename, safe='')}",
+    }
+    if span:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return _Part(str(path), start, length, 206 if span else 200, asset.mime_type, headers)

@@ -11,7 +11,7 @@ from appliance import project_markdown
 from appliance.auth import field_access
 from appliance.services import Svc
 from store import assets, documents
-from store.paths import check_id
+from store.paths import check_label
 
 
 class ProjectController(Controller):
@@ -26,7 +26,7 @@ class ProjectController(Controller):
         self, location_id: FromPath[str], project: FromPath[str], svc: Svc
     ) -> Response[str]:
         """The project's documents and assets as markdown with YAML front matter."""
-        check_id("project", project)
+        check_label("project", project)
         loc = svc.locations.get(location_id)
         db = svc.locations.db(location_id)
         text = project_markdown.render(

@@ -171,13 +171,16 @@ async def _append(
     request: Request[Any, Any, Any], svc: Services, up: Upload, offset: int
 ) -> Upload:
     """Receive one PATCH (or creation-with-upload) body at `offset`; finish at the last byte."""
-    if up.asset_id is not None or (up.complete and offset == up.length):
+    announced = request.headers.get("content-length")
+    size = int(announced) if announced is not None and announced.isdigit() else None
+    if up.complete:
         if offset != up.offset:
             raise tus.tus_error(409, f"Upload-Offset {offset} does not match {up.offset}")
+        if size != 0:
+            raise tus.tus_error(413, "the upload already has all its bytes; nothing more fits")
         return up if up.asset_id else await _finish(svc, up)
     checksum = tus.parse_checksum(request.headers.get("upload-checksum"))
-    announced = request.headers.get("content-length")
-    if announced is not None and announced.isdigit() and offset + int(announced) > up.length:
+    if size is not None and offset + size > up.length:
         raise tus.tus_error(413, "PATCH body runs past the declared Upload-Length")
     try:
         with svc.uploads.locked_part(up) as fh:

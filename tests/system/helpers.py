@@ -1,0 +1,141 @@
+"""Client-side helpers for the system tests: locations, tus calls, on-disk checks."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import httpx
+
+TUS = {"Tus-Resumable": "1.0.0"}
+OCTETS = "application/offset+octet-stream"
+
+
+def client(url: str, token: str, timeout: float = 30.0) -> httpx.Client:
+    """An httpx client for a real server with the bearer token set."""
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+
+def create_location(c: httpx.Client, loc_id: str, account: str = "acme", geo: str = "u4pr") -> None:
+    """Create a location; fail the test unless the server acknowledged it."""
+    r = c.post(
+        "/v1/locations",
+        json={"id": loc_id, "account": account, "geo_prefix": geo, "name": f"site {loc_id}"},
+    )
+    assert r.status_code == 201, r.text
+
+
+def tus_metadata(location: str, filename: str) -> str:
+    """An Upload-Metadata header value naming the location and file."""
+    pairs = {"location": location, "filename": filename}
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in pairs.items())
+
+
+def tus_create(c: httpx.Client, location: str, length: int, filename: str = "f.bin") -> str:
+    """Start an upload; return its URL path."""
+    r = c.post(
+        "/v1/uploads",
+        headers={
+            **TUS,
+            "Upload-Length": str(length),
+            "Upload-Metadata": tus_metadata(location, filename),
+        },
+    )
+    assert r.status_code == 201, r.text
+    return str(r.headers["location"])
+
+
+def tus_patch(c: httpx.Client, url: str, offset: int, data: bytes) -> httpx.Response:
+    """One PATCH of `data` at `offset`."""
+    return c.patch(
+        url,
+        content=data,
+        headers={**TUS, "Upload-Offset": str(offset), "Content-Type": OCTETS},
+    )
+
+
+def tus_offset(c: httpx.Client, url: str) -> int:
+    """The offset the server says it holds (HEAD)."""
+    r = c.head(url, headers=TUS)
+    assert r.status_code == 200, (r.status_code, r.headers)
+    return int(r.headers["upload-offset"])
+
+
+def tus_finish(c: httpx.Client, url: str, data: bytes, chunk: int = 256 * 1024) -> str:
+    """PATCH whatever the server lacks, from its HEAD offset; return the asset id."""
+    offset = tus_offset(c, url)
+    asset_id = c.head(url, headers=TUS).headers.get("fieldbox-asset-id")
+    for _ in range(len(data) // chunk + 2):
+        if asset_id is not None:
+            break
+        r = tus_patch(c, url, offset, data[offset : offset + chunk])
+        assert r.status_code == 204, (r.status_code, r.text)
+        offset = int(r.headers["upload-offset"])
+        asset_id = r.headers.get("fieldbox-asset-id")
+    assert asset_id is not None, f"upload {url} never became an asset"
+    return str(asset_id)
+
+
+def asset_bytes(c: httpx.Client, asset_id: str) -> bytes:
+    """Download an asset's content."""
+    r = c.get(f"/v1/assets/{asset_id}/content")
+    assert r.status_code == 200, r.text
+    return r.content
+
+
+def sha256(data: bytes) -> str:
+    """Hex sha256."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def integrity_check(path: Path) -> str:
+    """`PRAGMA integrity_check` of a SQLite file, opened read-only."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = conn.execute("PRAGMA integrity_check").fetchall()
+    finally:
+        conn.close()
+    return "; ".join(str(r[0]) for r in rows)
+
+
+def all_databases(data_dir: Path) -> list[Path]:
+    """Every SQLite file fieldbox keeps under a data root (listed locations, uploads, keys)."""
+    dbs = sorted(data_dir.glob("locations/*/*/*/location.db"))
+    dbs = [p for p in dbs if not p.parent.name.startswith(".")]
+    return [*dbs, data_dir / "uploads.db", data_dir / "keys.db"]
+
+
+def check_databases(data_dir: Path) -> None:
+    """Assert `integrity_check` is ok on every database under the data root."""
+    for db in all_databases(data_dir):
+        assert db.is_file(), f"{db} is missing"
+        assert integrity_check(db) == "ok", f"{db} is corrupt"
+
+
+def check_blobs(data_dir: Path) -> int:
+    """Assert no half-visible files: every asset's blob exists with its digest; return count."""
+    seen = 0
+    for db in all_databases(data_dir)[:-2]:
+        account, geo, loc = db.parts[-4], db.parts[-3], db.parts[-2]
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = conn.execute("SELECT id, sha256, size FROM assets").fetchall()
+        finally:
+            conn.close()
+        for asset_id, digest, size in rows:
+            blob = data_dir / "blobs" / account / geo / loc / digest[:2] / digest
+            assert blob.is_file(), f"asset {asset_id} has no blob {blob}"
+            assert blob.stat().st_size == size, f"asset {asset_id}: blob size differs"
+            seen += 1
+    for blob in (data_dir / "blobs").glob("*/*/*/*/*"):
+        if blob.is_file():
+            assert sha256(blob.read_bytes()) == blob.name, f"blob {blob} does not match its name"
+    return seen
+
+
+def write_config(path: Path, toml: str) -> Path:
+    """Write a config TOML file and return its path."""
+    path.write_text(toml)
+    return path
