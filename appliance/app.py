@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 
 import structlog
@@ -46,10 +47,11 @@ async def _sweep_uploads(svc: Services) -> None:
 def create_app(cfg: FieldboxConfig) -> Litestar:
     """Build the field API for one config; resources open in the lifespan, close after it."""
     metrics = Metrics()
+    stopping = threading.Event()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        svc = await in_thread(Services.open, cfg, metrics)
+        svc = await in_thread(Services.open, cfg, metrics, stopping)
         app.state.svc = svc
         sweeper = asyncio.create_task(_sweep_uploads(svc))
         try:
@@ -82,6 +84,7 @@ def create_app(cfg: FieldboxConfig) -> Litestar:
             security=[{"bearer": []}],
         ),
         request_max_body_size=cfg.api.max_document_bytes + 64 * 1024,
+        state=State({"stopping": stopping}),
         debug=False,
         logging_config=None,
     )

@@ -90,21 +90,14 @@ def serve() -> None:
 @pass_ctx
 def serve_api(ctx: Context, host: str | None, port: int | None) -> None:
     """The field API (Litestar on uvicorn)."""
-    import uvicorn
-
     from appliance.app import create_app
     from appliance.observe import configure_logging
+    from appliance.serving import serve
 
     cfg = ctx.cfg
     configure_logging(cfg.log, "api")
-    uvicorn.run(
-        create_app(cfg),
-        host=host or cfg.api.host,
-        port=port or cfg.api.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    app = create_app(cfg)
+    serve(app, host=host or cfg.api.host, port=port or cfg.api.port, stopping=app.state.stopping)
 
 
 @main.command()

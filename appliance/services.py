@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,13 +39,20 @@ class Services:
     uploads: Uploads
     keys: Database
     metrics: Metrics
+    # Set when the server begins a graceful shutdown, so long uploads stop and keep their bytes.
+    stopping: threading.Event = field(default_factory=threading.Event)
     started_at: float = field(default_factory=time.time)
     # Running sha256 of uploads in flight (offset it covers, hasher), so a finished upload
     # need not be read again; lost on restart, when the file is hashed instead.
     upload_hashes: dict[str, tuple[int, Any]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, cfg: FieldboxConfig, metrics: Metrics | None = None) -> Services:
+    def open(
+        cls,
+        cfg: FieldboxConfig,
+        metrics: Metrics | None = None,
+        stopping: threading.Event | None = None,
+    ) -> Services:
         """Open every store under the data root and finish uploads a crash interrupted."""
         layout = Layout(cfg.data_dir)
         layout.ensure()
@@ -52,6 +60,8 @@ class Services:
         uploads = Uploads(layout, cfg.store)
         key_db = keys.open_keys(str(layout.keys_db), cfg.store)
         svc = cls(cfg, layout, locations, uploads, key_db, metrics or Metrics())
+        if stopping is not None:
+            svc.stopping = stopping
         ingest.resume_all(layout, locations, uploads)
         return svc
 

@@ -9,6 +9,7 @@ import hashlib
 import mimetypes
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import IO, Any
@@ -22,6 +23,8 @@ CHECKSUM_ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": ha
 OCTETS = "application/offset+octet-stream"
 _KIND = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _WRITE_AT = 1 << 20
+# How often a quiet PATCH checks for a stall or a shutdown.
+_POLL_S = 0.25
 
 
 def tus_error(status: int, message: str, code: str | None = None) -> ApiError:
@@ -151,25 +154,33 @@ async def receive_into(
     limit: int,
     stall_timeout: float,
     hashers: list[Any],
+    stopping: Callable[[], bool],
 ) -> ChunkResult:
     """Copy the request body into `fh` (at most `limit` bytes), feeding `hashers` as it goes.
 
-    Ends early, keeping what arrived, when the client disconnects or sends nothing for
-    `stall_timeout` seconds. Raises 413 when the body runs past `limit`.
+    Ends early, keeping what arrived, when the client disconnects, sends nothing for
+    `stall_timeout` seconds, or the server is shutting down (`stopping()`). Raises 413
+    when the body runs past `limit`.
     """
     buf = bytearray()
     received = 0
     complete = False
+    loop = asyncio.get_running_loop()
+    last_data = loop.time()
     try:
-        while True:
+        while not stopping():
+            wait = min(_POLL_S, max(last_data + stall_timeout - loop.time(), 0.0))
             try:
-                message = await asyncio.wait_for(receive(), timeout=stall_timeout)
+                message = await asyncio.wait_for(receive(), timeout=wait)
             except TimeoutError:
-                break
+                if loop.time() - last_data >= stall_timeout:
+                    break
+                continue
             if message["type"] == "http.disconnect":
                 break
             body = message.get("body", b"")
             if body:
+                last_data = loop.time()
                 if received + len(body) > limit:
                     raise tus_error(413, "PATCH body runs past the declared Upload-Length")
                 received += len(body)
@@ -185,9 +196,12 @@ async def receive_into(
 
 
 def _flush(fh: IO[bytes], buf: bytearray, hashers: list[Any]) -> None:
-    if not buf:
-        return
-    fh.write(buf)
+    # The part file is unbuffered, so a write may be short: loop until all of it is down.
+    view = memoryview(buf)
+    while view:
+        written = fh.write(view)
+        view = view[written or 0 :]
+    view.release()
     for h in hashers:
         h.update(buf)
     buf.clear()

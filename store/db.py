@@ -125,7 +125,12 @@ class Database:
         except OSError:
             return
         if size > self.cfg.wal_max_bytes:
-            self._writer.execute("PRAGMA wal_checkpoint(RESTART)")
+            try:
+                self._writer.execute("PRAGMA wal_checkpoint(RESTART)")
+            except sqlite3.Error:
+                # The write already committed; a checkpoint that fails (disk full, a reader
+                # past the busy timeout) is retried after the next write.
+                return
 
     def integrity_check(self) -> str:
         """Run `PRAGMA integrity_check` and return its verdict ('ok' when healthy)."""

@@ -172,7 +172,8 @@ class Uploads:
         """
         path = self.layout.upload_part(upload.id)
         try:
-            fh = open(path, "r+b")  # noqa: SIM115 - closed below, after the lock is released
+            # Unbuffered: a failed write (disk full) must fail here, not again at close().
+            fh = open(path, "r+b", buffering=0)  # noqa: SIM115 - closed below
         except FileNotFoundError as exc:
             raise NotFound(f"upload {upload.id!r} has no data file") from exc
         try:

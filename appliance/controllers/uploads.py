@@ -217,6 +217,7 @@ async def _receive(
             limit=up.length - start,
             stall_timeout=svc.cfg.api.upload_stall_timeout_s,
             hashers=hashers,
+            stopping=svc.stopping.is_set,
         )
         await in_thread(_sync, fh)
     except OSError as exc:
@@ -249,12 +250,10 @@ async def _receive(
 
 
 def _sync(fh: Any) -> None:
-    fh.flush()
     os.fsync(fh.fileno())
 
 
 def _rewind(fh: Any, offset: int) -> None:
-    fh.flush()
     fh.truncate(offset)
     fh.seek(offset)
 

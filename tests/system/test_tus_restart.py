@@ -173,12 +173,6 @@ def test_patch_after_stall_timeout_is_not_locked(
             c.get("/v1/uploads/" + "0" * 32).raise_for_status()
 
 
-@pytest.mark.xfail(
-    reason="BUG: SIGTERM during a PATCH that is still receiving: after uvicorn's 10 s graceful "
-    "timeout the request task is cancelled, the client gets a plain-text 500 and every byte "
-    "of that PATCH is dropped (tus.receive_into has no shutdown path)",
-    strict=True,
-)
 def test_sigterm_during_patch(start_server: StartServer, token: str) -> None:
     """A restart while a client is still sending ends that PATCH cleanly; resume completes."""
     srv = start_server()

@@ -1,0 +1,35 @@
+"""Running an ASGI app under uvicorn, telling the app the moment a shutdown begins."""
+
+from __future__ import annotations
+
+import threading
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, plus an event set as soon as SIGTERM/SIGINT arrives."""
+
+    def __init__(self, config: uvicorn.Config, stopping: threading.Event) -> None:
+        super().__init__(config)
+        self._stopping = stopping
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Flag the app first, so long requests wind down inside the graceful window."""
+        self._stopping.set()
+        super().handle_exit(sig, frame)
+
+
+def serve(app: Any, *, host: str, port: int, stopping: threading.Event) -> None:
+    """Serve `app` until a signal; in-flight requests get 10 s to finish."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    _Server(config, stopping).run()
