@@ -1,0 +1,139 @@
+"""The two workloads driven through the real api server: CAS document writes and a tus upload."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from dataclasses import dataclass
+
+from benchlib import ApiServer, BenchError, expect_2xx
+
+LOCATION = "bench"
+MB = 1_000_000
+MIB = 1 << 20
+
+
+@dataclass
+class Settings:
+    """How long and how big each measurement is."""
+
+    reps: int
+    writers: int
+    warmup_s: float
+    duration_s: float
+    upload_mib: int
+    chunk_mib: int
+    body_bytes: int
+    settle_s: float
+
+
+def document_body(size: int, writer: int) -> bytes:
+    """A JSON document of exactly `size` bytes (at least ~40) that names a project."""
+    head = f'{{"project":"p1","writer":{writer},"pad":"'
+    tail = '"}'
+    return (head + "x" * max(0, size - len(head) - len(tail)) + tail).encode()
+
+
+def cas_writes(server: ApiServer, tag: str, body: bytes, s: Settings) -> float:
+    """Acknowledged CAS PUTs per second with `s.writers` concurrent keep-alive writers."""
+    counts = [0] * s.writers
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    ready = threading.Barrier(s.writers + 1)
+    go = threading.Event()
+    window: list[float] = []  # [start, end], set by the main thread before `go`
+    auth = server.auth()
+
+    def writer(i: int) -> None:
+        try:
+            conn = server.connect()
+            path = f"/v1/locations/{LOCATION}/docs/bench/{tag}-w{i}"
+            headers = {**auth, "Content-Type": "application/json", "If-None-Match": "*"}
+            resp = expect_2xx(conn.request("PUT", path, headers, body), f"PUT {path} (create)")
+            headers = {**auth, "Content-Type": "application/json", "If-Match": ""}
+            etag = resp.headers["etag"]
+            ready.wait()
+            go.wait()
+            if not window:
+                return
+            start, end = window
+            count = 0
+            now = time.perf_counter()
+            while now < end and not stop.is_set():
+                headers["If-Match"] = etag
+                resp = conn.request("PUT", path, headers, body)
+                if not 200 <= resp.status < 300:
+                    expect_2xx(resp, f"PUT {path} (If-Match {etag})")
+                etag = resp.headers["etag"]
+                now = time.perf_counter()
+                if start <= now < end:
+                    count += 1
+            counts[i] = count
+            got = expect_2xx(conn.request("GET", path, auth), f"GET {path}")
+            if got.headers.get("etag") != etag or got.body != body:
+                raise BenchError(f"GET {path}: the last acknowledged write is not what is stored")
+            conn.close()
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+            ready.abort()
+            go.set()
+
+    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(s.writers)]
+    for t in threads:
+        t.start()
+    try:
+        ready.wait(timeout=60)
+    except threading.BrokenBarrierError:
+        pass
+    else:
+        t0 = time.perf_counter()
+        window.extend([t0 + s.warmup_s, t0 + s.warmup_s + s.duration_s])
+    go.set()
+    for t in threads:
+        t.join()
+    if errors:
+        raise BenchError(f"CAS writer failed: {errors[0]}") from errors[0]
+    return sum(counts) / s.duration_s
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def tus_upload(server: ApiServer, data: bytes, chunk: int, filename: str) -> float:
+    """Seconds from POST /v1/uploads until the final PATCH's 204 (the asset exists then)."""
+    conn = server.connect()
+    view = memoryview(data)
+    try:
+        tus = {**server.auth(), "Tus-Resumable": "1.0.0"}
+        t0 = time.perf_counter()
+        resp = conn.request(
+            "POST",
+            "/v1/uploads",
+            {
+                **tus,
+                "Upload-Length": str(len(data)),
+                "Upload-Metadata": f"location {_b64(LOCATION)},filename {_b64(filename)}",
+            },
+        )
+        url = expect_2xx(resp, "POST /v1/uploads").headers["location"]
+        offset = 0
+        while offset < len(data):
+            piece = view[offset : offset + chunk]
+            headers = {
+                **tus,
+                "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream",
+            }
+            resp = expect_2xx(conn.request("PATCH", url, headers, piece), f"PATCH {url}")
+            offset += len(piece)
+            if int(resp.headers.get("upload-offset", "-1")) != offset:
+                raise BenchError(f"PATCH {url}: Upload-Offset {resp.headers.get('upload-offset')}")
+        elapsed = time.perf_counter() - t0
+        if resp.status != 204 or "fieldbox-asset-id" not in resp.headers:
+            raise BenchError(f"final PATCH gave {resp.status} without Fieldbox-Asset-Id")
+        return elapsed
+    finally:
+        conn.close()
