@@ -10,6 +10,7 @@ import time
 from collections.abc import MutableMapping
 from typing import Any
 
+import msgspec
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from structlog.contextvars import bind_contextvars, clear_contextvars
@@ -26,6 +27,13 @@ def configure_logging(cfg: LogConfig, process: str) -> None:
         if cfg.format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    # Our own events skip stdlib logging (it costs more than the request it describes):
+    # rendered straight to bytes on stdout. Foreign (uvicorn) records take the stdlib path.
+    direct: Any = (
+        structlog.processors.JSONRenderer(serializer=_json_bytes)
+        if cfg.format == "json"
+        else _console_bytes(renderer)
+    )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -33,14 +41,12 @@ def configure_logging(cfg: LogConfig, process: str) -> None:
         _add_process(process),
     ]
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.format_exc_info,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=False,
+        processors=[*shared, structlog.processors.format_exc_info, direct],
+        logger_factory=structlog.BytesLoggerFactory(sys.stdout.buffer),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[cfg.level.upper()]
+        ),
+        cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
@@ -66,6 +72,17 @@ def configure_logging(cfg: LogConfig, process: str) -> None:
         logging.getLogger(name).propagate = True
     # Our own request event replaces uvicorn's access line.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def _json_bytes(obj: Any, **_: Any) -> bytes:
+    return msgspec.json.encode(obj, enc_hook=str)
+
+
+def _console_bytes(renderer: Any) -> Any:
+    def render(logger: Any, name: str, event: MutableMapping[str, Any]) -> bytes:
+        return str(renderer(logger, name, event)).encode()
+
+    return render
 
 
 def _drop_color(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -12,9 +12,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import IO, Any
+from typing import Any
 
 from appliance.errors import ApiError
+from appliance.partwriter import PartWriter
 from store.paths import check_id, check_label, check_sha256
 
 TUS_VERSION = "1.0.0"
@@ -22,7 +23,6 @@ EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
 CHECKSUM_ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
 OCTETS = "application/offset+octet-stream"
 _KIND = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_WRITE_AT = 1 << 20
 # How often a quiet PATCH checks for a stall or a shutdown.
 _POLL_S = 0.25
 
@@ -149,59 +149,41 @@ class ChunkResult:
 
 async def receive_into(
     receive: Any,
-    fh: IO[bytes],
+    writer: PartWriter,
     *,
     limit: int,
     stall_timeout: float,
-    hashers: list[Any],
     stopping: Callable[[], bool],
 ) -> ChunkResult:
-    """Copy the request body into `fh` (at most `limit` bytes), feeding `hashers` as it goes.
+    """Hand the request body to `writer` (at most `limit` bytes) as it arrives.
 
     Ends early, keeping what arrived, when the client disconnects, sends nothing for
     `stall_timeout` seconds, or the server is shutting down (`stopping()`). Raises 413
     when the body runs past `limit`.
     """
-    buf = bytearray()
     received = 0
     complete = False
     loop = asyncio.get_running_loop()
     last_data = loop.time()
-    try:
-        while not stopping():
-            wait = min(_POLL_S, max(last_data + stall_timeout - loop.time(), 0.0))
-            try:
-                message = await asyncio.wait_for(receive(), timeout=wait)
-            except TimeoutError:
-                if loop.time() - last_data >= stall_timeout:
-                    break
-                continue
-            if message["type"] == "http.disconnect":
+    while not stopping():
+        wait = min(_POLL_S, max(last_data + stall_timeout - loop.time(), 0.0))
+        try:
+            async with asyncio.timeout(wait):
+                message = await receive()
+        except TimeoutError:
+            if loop.time() - last_data >= stall_timeout:
                 break
-            body = message.get("body", b"")
-            if body:
-                last_data = loop.time()
-                if received + len(body) > limit:
-                    raise tus_error(413, "PATCH body runs past the declared Upload-Length")
-                received += len(body)
-                buf += body
-                if len(buf) >= _WRITE_AT:
-                    _flush(fh, buf, hashers)
-            if not message.get("more_body", False):
-                complete = True
-                break
-    finally:
-        _flush(fh, buf, hashers)
+            continue
+        if message["type"] == "http.disconnect":
+            break
+        body = message.get("body", b"")
+        if body:
+            last_data = loop.time()
+            if received + len(body) > limit:
+                raise tus_error(413, "PATCH body runs past the declared Upload-Length")
+            await writer.feed(body)
+            received += len(body)
+        if not message.get("more_body", False):
+            complete = True
+            break
     return ChunkResult(received=received, complete=complete)
-
-
-def _flush(fh: IO[bytes], buf: bytearray, hashers: list[Any]) -> None:
-    # The part file is unbuffered, so a write may be short: loop until all of it is down.
-    view = memoryview(buf)
-    while view:
-        written = fh.write(view)
-        view = view[written or 0 :]
-    view.release()
-    for h in hashers:
-        h.update(buf)
-    buf.clear()

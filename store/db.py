@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import sqlite_utils
 
@@ -16,6 +19,11 @@ from store.config import StoreConfig
 from store.errors import DiskFull
 
 _SQLITE_FULL = 13
+# Most write operations one group commit may carry.
+_MAX_BATCH = 256
+
+T = TypeVar("T")
+Operation = Callable[[sqlite3.Connection], T]
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -76,6 +84,10 @@ class Database:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[Operation[Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._committer: threading.Thread | None = None
         try:
             self._writer = connect(self.path, cfg)
             migrate(self._writer, migrations)
@@ -105,6 +117,75 @@ class Database:
                     raise DiskFull("no space left on the data disk; nothing was written") from exc
                 raise
             self._bound_wal()
+
+    def submit(self, op: Operation[T]) -> Future[T]:
+        """Queue `op(conn)` for the next group commit; the future resolves once it is durable.
+
+        Each operation runs in its own SAVEPOINT inside a shared `BEGIN IMMEDIATE ... COMMIT`,
+        in arrival order, so it sees every earlier operation and is atomic on its own; an
+        operation that raises is rolled back alone. Its result (or error) is delivered only
+        after the COMMIT (one fsync for the whole batch) has returned.
+        """
+        future: Future[T] = Future()
+        with self._readers_lock:
+            if self._committer is None:
+                self._committer = threading.Thread(
+                    target=self._commit_loop, name=f"commit:{Path(self.path).name}", daemon=True
+                )
+                self._committer.start()
+        self._queue.put((op, future))
+        return future
+
+    def run(self, op: Operation[T]) -> T:
+        """`submit(op)` and wait for it."""
+        return self.submit(op).result()
+
+    def _commit_loop(self) -> None:
+        while (first := self._queue.get()) is not None:
+            batch = [first]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit_batch(batch)
+            if stop:
+                return
+
+    def _commit_batch(self, batch: list[tuple[Operation[Any], Future[Any]]]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        with self._lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for op, _ in batch:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        outcomes.append((True, op(conn)))
+                        conn.execute("RELEASE op")
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        outcomes.append((False, _disk_full_or(exc)))
+                conn.execute("COMMIT")
+            except Exception as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                error = _disk_full_or(exc)
+                for _, future in batch:
+                    future.set_exception(error)
+                return
+            self._bound_wal()
+        for (ok, value), (_, future) in zip(outcomes, batch, strict=True):
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
     def read(self) -> sqlite3.Connection:
         """This thread's read connection (readers never block the writer in WAL mode)."""
@@ -138,13 +219,23 @@ class Database:
         return "; ".join(str(r[0]) for r in rows)
 
     def close(self) -> None:
-        """Close every connection this object opened."""
+        """Finish queued writes, then close every connection this object opened."""
+        if self._committer is not None:
+            self._queue.put(None)
+            self._committer.join()
+            self._committer = None
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
         with self._lock:
             self._writer.close()
+
+
+def _disk_full_or(exc: Exception) -> Exception:
+    if is_disk_full(exc):
+        return DiskFull("no space left on the data disk; nothing was written")
+    return exc
 
 
 def fsync_dir(path: Path) -> None:

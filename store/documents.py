@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import time
 from typing import Any
 
 import msgspec
 
-from store.db import Database
+from store.db import Database, Operation
 from store.errors import InvalidDocument, NotFound, PreconditionFailed
 from store.paths import check_key
 
@@ -100,14 +101,34 @@ def put(
     max_bytes: int = 1 << 20,
 ) -> tuple[Document, bool]:
     """Create (`if_none_match`) or update (`if_match`) a document; return it and `created`."""
+    op = put_op(
+        collection, key, body, if_match=if_match, if_none_match=if_none_match, max_bytes=max_bytes
+    )
+    return db.run(op)
+
+
+def put_op(
+    collection: str,
+    key: str,
+    body: bytes,
+    *,
+    if_match: str | None = None,
+    if_none_match: bool = False,
+    max_bytes: int = 1 << 20,
+) -> Operation[tuple[Document, bool]]:
+    """Check the input now; return the compare-and-swap to run under the write lock.
+
+    Submit it with `Database.submit` (async callers) or run it with `Database.run`.
+    """
     check_key("collection", collection)
     check_key("key", key)
     if if_match is None and not if_none_match:
         raise ValueError("put needs if_match or if_none_match")
     project = _project_of(parse_body(body, max_bytes))
     etag = new_etag()
-    now = time.time()
-    with db.write() as conn:
+
+    def compare_and_swap(conn: sqlite3.Connection) -> tuple[Document, bool]:
+        now = time.time()
         row = conn.execute(
             "SELECT etag, created_at FROM documents WHERE collection = ? AND key = ?",
             (collection, key),
@@ -128,23 +149,31 @@ def put(
             f"INSERT OR REPLACE INTO documents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (collection, key, body, etag, project, created_at, now),
         )
-    doc = Document(
-        collection=collection,
-        key=key,
-        body=body,
-        etag=etag,
-        project=project,
-        created_at=created_at,
-        updated_at=now,
-    )
-    return doc, row is None
+        doc = Document(
+            collection=collection,
+            key=key,
+            body=body,
+            etag=etag,
+            project=project,
+            created_at=created_at,
+            updated_at=now,
+        )
+        return doc, row is None
+
+    return compare_and_swap
 
 
 def delete(db: Database, collection: str, key: str, *, if_match: str) -> None:
     """Delete a document if its ETag still matches `if_match` ('*' matches any)."""
+    db.run(delete_op(collection, key, if_match=if_match))
+
+
+def delete_op(collection: str, key: str, *, if_match: str) -> Operation[None]:
+    """Check the input now; return the conditional delete to run under the write lock."""
     check_key("collection", collection)
     check_key("key", key)
-    with db.write() as conn:
+
+    def conditional_delete(conn: sqlite3.Connection) -> None:
         row = conn.execute(
             "SELECT etag FROM documents WHERE collection = ? AND key = ?", (collection, key)
         ).fetchone()
@@ -155,6 +184,8 @@ def delete(db: Database, collection: str, key: str, *, if_match: str) -> None:
                 f"document {collection}/{key} has changed (ETag {row[0]}, not {if_match})"
             )
         conn.execute("DELETE FROM documents WHERE collection = ? AND key = ?", (collection, key))
+
+    return conditional_delete
 
 
 def list_page(db: Database, collection: str, *, after: str | None, limit: int) -> list[Document]:

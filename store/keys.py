@@ -97,6 +97,35 @@ def verify(db: Database, token: str) -> ApiKey | None:
     return _row(row[:5])
 
 
+class Verifier:
+    """`verify` with a memo that is dropped whenever keys.db changes (any process, any write).
+
+    `PRAGMA data_version` moves when another connection commits, so a revocation made by
+    the CLI or another process takes effect on the very next request.
+    """
+
+    def __init__(self, db: Database, max_entries: int = 4096) -> None:
+        self.db = db
+        self.max_entries = max_entries
+        self._version: int | None = None
+        self._memo: dict[str, ApiKey | None] = {}
+
+    def verify(self, token: str) -> ApiKey | None:
+        """The live key behind `token`, or None."""
+        version = int(self.db.read().execute("PRAGMA data_version").fetchone()[0])
+        if version != self._version:
+            self._memo.clear()
+            self._version = version
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if digest in self._memo:
+            return self._memo[digest]
+        key = verify(self.db, token)
+        if len(self._memo) >= self.max_entries:
+            self._memo.clear()
+        self._memo[digest] = key
+        return key
+
+
 def list_all(db: Database) -> list[ApiKey]:
     """Every key, revoked ones included, oldest first."""
     rows = (

@@ -94,7 +94,7 @@ class AssetController(Controller):
         )
         return AssetPage(items=[AssetOut.of(a) for a in items], next_cursor=next_cursor)
 
-    @get("/{asset_id:str}", sync_to_thread=True)
+    @get("/{asset_id:str}", sync_to_thread=False)
     def read(self, asset_id: FromPath[str], svc: Svc) -> AssetOut:
         """One asset's record."""
         return AssetOut.of(_asset(svc, asset_id))

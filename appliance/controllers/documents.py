@@ -13,7 +13,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from appliance.auth import field_access
 from appliance.errors import ApiError
 from appliance.schemas import DocumentMeta, DocumentPage
-from appliance.services import Svc, in_thread
+from appliance.services import Svc, committed
 from store import documents
 from store.errors import PreconditionFailed
 
@@ -49,7 +49,7 @@ class DocumentController(Controller):
     guards = [field_access]
     tags = ["documents"]
 
-    @get("/{collection:str}/{key:str}", sync_to_thread=True)
+    @get("/{collection:str}/{key:str}", sync_to_thread=False)
     def read(
         self,
         location_id: FromPath[str],
@@ -77,18 +77,16 @@ class DocumentController(Controller):
         body = await request.body()
         if len(body) > svc.cfg.api.max_document_bytes:
             raise ApiError(413, f"document is over the {svc.cfg.api.max_document_bytes}-byte limit")
-        db = svc.locations.db(location_id)
+        op = documents.put_op(
+            collection,
+            key,
+            body,
+            if_match=if_match,
+            if_none_match=create,
+            max_bytes=svc.cfg.api.max_document_bytes,
+        )
         try:
-            doc, created = await in_thread(
-                documents.put,
-                db,
-                collection,
-                key,
-                body,
-                if_match=if_match,
-                if_none_match=create,
-                max_bytes=svc.cfg.api.max_document_bytes,
-            )
+            doc, created = await committed(svc.locations.db(location_id), op)
         except PreconditionFailed:
             svc.metrics.cas_conflicts.inc()
             raise
@@ -98,8 +96,8 @@ class DocumentController(Controller):
             headers={"ETag": doc.etag},
         )
 
-    @delete("/{collection:str}/{key:str}", status_code=204, sync_to_thread=True)
-    def remove(
+    @delete("/{collection:str}/{key:str}", status_code=204)
+    async def remove(
         self,
         request: Request[Any, Any, Any],
         location_id: FromPath[str],
@@ -111,8 +109,9 @@ class DocumentController(Controller):
         if_match = request.headers.get("if-match")
         if if_match is None:
             raise ApiError(428, "send If-Match: <etag> (or *) to delete")
+        op = documents.delete_op(collection, key, if_match=if_match)
         try:
-            documents.delete(svc.locations.db(location_id), collection, key, if_match=if_match)
+            await committed(svc.locations.db(location_id), op)
         except PreconditionFailed:
             svc.metrics.cas_conflicts.inc()
             raise

@@ -29,7 +29,7 @@ class LocationController(Controller):
         """Every location, by id."""
         return LocationList(items=svc.locations.list())
 
-    @get("/{location_id:str}", sync_to_thread=True)
+    @get("/{location_id:str}", sync_to_thread=False)
     def read(self, location_id: FromPath[str], svc: Svc) -> Location:
         """One location."""
         return svc.locations.get(location_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from typing import Any
 
@@ -13,6 +12,7 @@ from litestar.params import FromPath
 from appliance import tus
 from appliance.auth import field_access
 from appliance.errors import ApiError
+from appliance.partwriter import PartWriter
 from appliance.services import Services, Svc, in_thread
 from store import ingest
 from store.db import is_disk_full
@@ -209,17 +209,18 @@ async def _receive(
         else (hashlib.sha256() if start == 0 else None)
     )
     chunk_hash = tus.CHECKSUM_ALGORITHMS[checksum[0]]() if checksum else None
-    hashers = [h for h in (whole, chunk_hash) if h is not None]
+    writer = PartWriter(fh, [h for h in (whole, chunk_hash) if h is not None])
     try:
-        result = await tus.receive_into(
-            request.receive,
-            fh,
-            limit=up.length - start,
-            stall_timeout=svc.cfg.api.upload_stall_timeout_s,
-            hashers=hashers,
-            stopping=svc.stopping.is_set,
-        )
-        await in_thread(_sync, fh)
+        try:
+            result = await tus.receive_into(
+                request.receive,
+                writer,
+                limit=up.length - start,
+                stall_timeout=svc.cfg.api.upload_stall_timeout_s,
+                stopping=svc.stopping.is_set,
+            )
+        finally:
+            await writer.finish()  # every queued byte written and fsynced, or its error
     except OSError as exc:
         await in_thread(_rewind, fh, start)
         if is_disk_full(exc):
@@ -247,10 +248,6 @@ async def _receive(
         svc.upload_hashes[up.id] = (new, whole)
     else:
         svc.upload_hashes.pop(up.id, None)
-
-
-def _sync(fh: Any) -> None:
-    os.fsync(fh.fileno())
 
 
 def _rewind(fh: Any, offset: int) -> None:
