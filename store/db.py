@@ -121,10 +121,11 @@ class Database:
     def submit(self, op: Operation[T]) -> Future[T]:
         """Queue `op(conn)` for the next group commit; the future resolves once it is durable.
 
-        Each operation runs in its own SAVEPOINT inside a shared `BEGIN IMMEDIATE ... COMMIT`,
-        in arrival order, so it sees every earlier operation and is atomic on its own; an
-        operation that raises is rolled back alone. Its result (or error) is delivered only
-        after the COMMIT (one fsync for the whole batch) has returned.
+        Operations of a batch run in arrival order inside one `BEGIN IMMEDIATE ... COMMIT`, so
+        each sees every earlier one. One that raises leaves no trace: the batch is rolled
+        back and run again without it, so an operation must be safe to run twice (read what
+        it checks inside the transaction). A result (or error) is delivered only after the
+        COMMIT (one fsync for the whole batch) has returned.
         """
         future: Future[T] = Future()
         with self._readers_lock:
@@ -158,34 +159,37 @@ class Database:
                 return
 
     def _commit_batch(self, batch: list[tuple[Operation[Any], Future[Any]]]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
+        failed: dict[int, Exception] = {}
+        results: dict[int, Any] = {}
         with self._lock:
             conn = self._writer
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for op, _ in batch:
-                    conn.execute("SAVEPOINT op")
-                    try:
-                        outcomes.append((True, op(conn)))
-                        conn.execute("RELEASE op")
-                    except Exception as exc:
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                        outcomes.append((False, _disk_full_or(exc)))
-                conn.execute("COMMIT")
-            except Exception as exc:
-                if conn.in_transaction:
+            while True:
+                results.clear()
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    for i, (op, _) in enumerate(batch):
+                        if i not in failed:
+                            results[i] = _attempt(op, conn, i, failed)
+                    conn.execute("COMMIT")
+                except _Replay:
+                    # No savepoint per operation (each costs GIL round trips on a busy
+                    # server): undo the batch and run it again without the one that failed.
                     conn.execute("ROLLBACK")
-                error = _disk_full_or(exc)
-                for _, future in batch:
-                    future.set_exception(error)
-                return
+                    continue
+                except Exception as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    error = _disk_full_or(exc)
+                    for i, (_, future) in enumerate(batch):
+                        future.set_exception(failed.get(i, error))
+                    return
+                break
             self._bound_wal()
-        for (ok, value), (_, future) in zip(outcomes, batch, strict=True):
-            if ok:
-                future.set_result(value)
+        for i, (_, future) in enumerate(batch):
+            if i in failed:
+                future.set_exception(failed[i])
             else:
-                future.set_exception(value)
+                future.set_result(results[i])
 
     def read(self) -> sqlite3.Connection:
         """This thread's read connection (readers never block the writer in WAL mode)."""
@@ -230,6 +234,20 @@ class Database:
             self._readers.clear()
         with self._lock:
             self._writer.close()
+
+
+class _Replay(Exception):
+    """An operation of a batch failed; the batch is rolled back and run without it."""
+
+
+def _attempt(
+    op: Operation[T], conn: sqlite3.Connection, index: int, failed: dict[int, Exception]
+) -> T:
+    try:
+        return op(conn)
+    except Exception as exc:
+        failed[index] = _disk_full_or(exc)
+        raise _Replay from exc
 
 
 def _disk_full_or(exc: Exception) -> Exception:

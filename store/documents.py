@@ -52,11 +52,27 @@ def _project_of(value: Any) -> str | None:
     return None
 
 
-def etag_matches(current: str, header: str) -> bool:
-    """Strong comparison of `current` against an If-Match value ('*' or a list of ETags)."""
+def _etag_list(header: str) -> list[str] | None:
+    """The ETags an If-Match value names; None for '*' (any)."""
     if header.strip() == "*":
-        return True
-    return any(tag.strip() == current for tag in header.split(","))
+        return None
+    return [tag.strip() for tag in header.split(",") if tag.strip()]
+
+
+def _refusal(
+    conn: sqlite3.Connection, collection: str, key: str, if_match: str, *, deleting: bool
+) -> Exception:
+    """Why a conditional write changed nothing: the document is gone, or its ETag moved."""
+    row = conn.execute(
+        "SELECT etag FROM documents WHERE collection = ? AND key = ?", (collection, key)
+    ).fetchone()
+    if row is None and deleting:
+        return NotFound(f"document {collection}/{key} not found")
+    if row is None:  # RFC 9110: If-Match on a missing resource fails the precondition
+        return PreconditionFailed(f"document {collection}/{key} does not exist")
+    return PreconditionFailed(
+        f"document {collection}/{key} has changed (ETag {row[0]}, not {if_match})"
+    )
 
 
 _COLUMNS = "collection, key, body, etag, project, created_at, updated_at"
@@ -128,27 +144,28 @@ def put_op(
     etag = new_etag()
 
     def compare_and_swap(conn: sqlite3.Connection) -> tuple[Document, bool]:
+        # One statement decides and writes; the explaining SELECT runs only on a refusal.
         now = time.time()
-        row = conn.execute(
-            "SELECT etag, created_at FROM documents WHERE collection = ? AND key = ?",
-            (collection, key),
-        ).fetchone()
         if if_none_match:
-            if row is not None:
+            cur = conn.execute(
+                f"INSERT INTO documents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (collection, key, body, etag, project, now, now),
+            )
+            if cur.rowcount != 1:
                 raise PreconditionFailed(f"document {collection}/{key} already exists")
             created_at = now
         else:
+            tags = _etag_list(if_match or "")
+            where = "" if tags is None else f" AND etag IN ({', '.join('?' * len(tags))})"
+            row = conn.execute(
+                "UPDATE documents SET body = ?, etag = ?, project = ?, updated_at = ? "
+                f"WHERE collection = ? AND key = ?{where} RETURNING created_at",
+                (body, etag, project, now, collection, key, *(tags or ())),
+            ).fetchone()
             if row is None:
-                raise PreconditionFailed(f"document {collection}/{key} does not exist")
-            if not etag_matches(row[0], if_match or ""):
-                raise PreconditionFailed(
-                    f"document {collection}/{key} has changed (ETag {row[0]}, not {if_match})"
-                )
-            created_at = row[1]
-        conn.execute(
-            f"INSERT OR REPLACE INTO documents ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (collection, key, body, etag, project, created_at, now),
-        )
+                raise _refusal(conn, collection, key, if_match or "", deleting=False)
+            created_at = row[0]
         doc = Document(
             collection=collection,
             key=key,
@@ -158,7 +175,7 @@ def put_op(
             created_at=created_at,
             updated_at=now,
         )
-        return doc, row is None
+        return doc, bool(if_none_match)
 
     return compare_and_swap
 
@@ -174,16 +191,14 @@ def delete_op(collection: str, key: str, *, if_match: str) -> Operation[None]:
     check_key("key", key)
 
     def conditional_delete(conn: sqlite3.Connection) -> None:
-        row = conn.execute(
-            "SELECT etag FROM documents WHERE collection = ? AND key = ?", (collection, key)
-        ).fetchone()
-        if row is None:
-            raise NotFound(f"document {collection}/{key} not found")
-        if not etag_matches(row[0], if_match):
-            raise PreconditionFailed(
-                f"document {collection}/{key} has changed (ETag {row[0]}, not {if_match})"
-            )
-        conn.execute("DELETE FROM documents WHERE collection = ? AND key = ?", (collection, key))
+        tags = _etag_list(if_match)
+        where = "" if tags is None else f" AND etag IN ({', '.join('?' * len(tags))})"
+        cur = conn.execute(
+            f"DELETE FROM documents WHERE collection = ? AND key = ?{where}",
+            (collection, key, *(tags or ())),
+        )
+        if cur.rowcount != 1:
+            raise _refusal(conn, collection, key, if_match, deleting=True)
 
     return conditional_delete
 
