@@ -6,6 +6,7 @@ import base64
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from benchlib import ApiServer, BenchError, expect_2xx
 
@@ -137,3 +138,39 @@ def tus_upload(server: ApiServer, data: bytes, chunk: int, filename: str) -> flo
         return elapsed
     finally:
         conn.close()
+
+
+def store_cas_writes(data_dir: Path, body: bytes, s: Settings) -> float:
+    """CAS writes/s through `store.documents.put` from `s.writers` threads, no HTTP at all.
+
+    The same group-committed path the api uses, in-process: it splits what the store costs
+    from what the HTTP layer costs.
+    """
+    from store import documents
+    from store.config import StoreConfig
+    from store.locations import Location, Locations
+    from store.paths import Layout
+
+    layout = Layout(data_dir)
+    layout.ensure()
+    locs = Locations(layout, StoreConfig())
+    locs.create(Location(id=LOCATION, account="bench", geo_prefix="local", name="bench"))
+    db = locs.db(LOCATION)
+    counts = [0] * s.writers
+    start = time.perf_counter() + s.warmup_s
+    end = start + s.duration_s
+
+    def writer(i: int) -> None:
+        doc, _ = documents.put(db, "bench", f"w{i}", body, if_none_match=True)
+        while (now := time.perf_counter()) < end:
+            doc, _ = documents.put(db, "bench", f"w{i}", body, if_match=doc.etag)
+            if now >= start:
+                counts[i] += 1
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(s.writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    locs.close()
+    return sum(counts) / s.duration_s
