@@ -110,7 +110,7 @@ class UploadController(Controller):
     ) -> Response[None]:
         """How many bytes the box holds durably: resume from there."""
         tus.check_resumable(request.headers)
-        up = await in_thread(_live, svc, upload_id)
+        up = _live(svc, upload_id)  # one indexed read: no thread hop
         return Response(
             None,
             headers=_headers(up, **{"Upload-Length": str(up.length)}),
@@ -128,7 +128,7 @@ class UploadController(Controller):
         if request.headers.get("content-type") != tus.OCTETS:
             raise tus.tus_error(415, f"Content-Type must be {tus.OCTETS}")
         offset = tus.parse_int_header(request.headers, "upload-offset")
-        up = await in_thread(_live, svc, upload_id)
+        up = _live(svc, upload_id)  # one indexed read: no thread hop
         up = await _append(request, svc, up, offset)
         return Response(None, status_code=204, headers=_headers(up))
 
@@ -141,7 +141,7 @@ class UploadController(Controller):
     ) -> Response[None]:
         """Abandon an upload and free its bytes (an asset it already became stays)."""
         tus.check_resumable(request.headers)
-        up = await in_thread(_live, svc, upload_id)
+        up = _live(svc, upload_id)  # one indexed read: no thread hop
         try:
             with svc.uploads.locked_part(up):
                 await in_thread(svc.uploads.delete, up.id)
@@ -155,7 +155,7 @@ class UploadController(Controller):
     @get("/{upload_id:str}", guards=[field_access])
     async def status(self, upload_id: FromPath[str], svc: Svc) -> dict[str, Any]:
         """fieldbox's own view of an upload (offset, length, and the asset once done)."""
-        up = await in_thread(_live, svc, upload_id)
+        up = _live(svc, upload_id)  # one indexed read: no thread hop
         return {
             "id": up.id,
             "offset": up.offset,
@@ -222,19 +222,19 @@ async def _receive(
         finally:
             await writer.finish()  # every queued byte written and fsynced, or its error
     except OSError as exc:
-        await in_thread(_rewind, fh, start)
+        _rewind(fh, start)
         if is_disk_full(exc):
             raise DiskFull("no space left on the data disk; this chunk was not kept") from exc
         raise
     except ApiError:
-        await in_thread(_rewind, fh, start)
+        _rewind(fh, start)
         raise
     if (
         chunk_hash is not None
         and checksum is not None
         and (not result.complete or chunk_hash.digest() != checksum[1])
     ):
-        await in_thread(_rewind, fh, start)
+        _rewind(fh, start)
         raise tus.tus_error(
             460,
             f"Upload-Checksum ({checksum[0]}) does not match; chunk discarded",
@@ -260,4 +260,4 @@ async def _finish(svc: Services, up: Upload) -> Upload:
     digest = known[1].hexdigest() if known and known[0] == up.length else None
     await in_thread(ingest.finalize, svc.layout, svc.locations, svc.uploads, up, digest)
     svc.metrics.uploads_completed.inc()
-    return await in_thread(svc.uploads.get, up.id)
+    return svc.uploads.get(up.id)
