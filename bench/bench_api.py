@@ -35,9 +35,18 @@ from workloads import (
     Settings,
     cas_writes,
     document_body,
+    sink_upload,
     store_cas_writes,
     tus_upload,
 )
+
+BARE_COMMAND = [
+    sys.executable,
+    str(Path(__file__).with_name("bare_apps.py")),
+    "{host}",
+    "{port}",
+    "{dir}",
+]
 
 
 @dataclass
@@ -83,6 +92,7 @@ def alternate(
 def run(s: Settings, run_dir: Path, log: Callable[[str], None]) -> list[Row]:
     """Start the processes, run both benchmarks, return the rows; stops what it started."""
     server = ApiServer(run_dir / "fieldbox")
+    bare = ApiServer(run_dir / "bare", command=BARE_COMMAND)
     base_dir = run_dir / "baseline"
     base_dir.mkdir(parents=True)
     sink: RawSink | None = None
@@ -125,6 +135,18 @@ def run(s: Settings, run_dir: Path, log: Callable[[str], None]) -> list[Row]:
 
         alternate(s.reps, raw_cas, fb_store, store_row, s.settle_s)
 
+        # Reference row: the same PUT load on Litestar + uvicorn with an empty handler, the
+        # ceiling any CAS endpoint on this stack can reach here.
+        bare.start()
+        bare_row = Row(f"  empty PUT ({s.writers} w)", "raw sqlite", "bare", 0.0, "{:.0f}")
+
+        def fb_bare(rep: int) -> float:
+            value = cas_writes(bare, f"r{rep}", body, s, prefix="/doc", verify=False)
+            log(f"  rep {rep + 1}: bare app   {value:8.0f} PUT/s (no storage)")
+            return value
+
+        alternate(s.reps, raw_cas, fb_bare, bare_row, s.settle_s)
+
         size = s.upload_mib * MIB
         data = bytearray(os.urandom(size))
         sink = RawSink(base_dir / "sink")
@@ -147,7 +169,19 @@ def run(s: Settings, run_dir: Path, log: Callable[[str], None]) -> list[Row]:
 
         log(f"tus ingest: {s.upload_mib} MiB in {s.chunk_mib} MiB PATCHes")
         alternate(s.reps, raw_tus, fb_tus, tus, s.settle_s)
-        return [cas, store_row, tus]
+
+        # Reference row: the same PATCHes into an fsynced file through the same stack,
+        # with no hashing and no protocol: the ceiling of any upload endpoint here.
+        sink_row = Row("  bare sink MB/s", "raw tcp", "bare", 0.0, "{:.0f}")
+
+        def fb_sink(rep: int) -> float:
+            seconds = sink_upload(bare, stamp(rep), s.chunk_mib * MIB, f"s{rep}")
+            value = size / seconds / MB
+            log(f"  rep {rep + 1}: bare sink {value:8.0f} MB/s (uvicorn, fsync, no hashing)")
+            return value
+
+        alternate(s.reps, raw_tus, fb_sink, sink_row, s.settle_s)
+        return [cas, store_row, bare_row, tus, sink_row]
     except BenchError:
         tail = server.log_tail()
         if tail:
@@ -156,6 +190,7 @@ def run(s: Settings, run_dir: Path, log: Callable[[str], None]) -> list[Row]:
     finally:
         if sink is not None:
             stop_process(sink.proc)
+        bare.stop()
         server.stop()
 
 

@@ -117,6 +117,8 @@ class ApiServer:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(default_factory=Path)
     _log: IO[bytes] | None = None
+    # Another server to start instead of fieldbox ({host}, {port} and {dir} filled in).
+    command: list[str] | None = None
 
     def env(self) -> dict[str, str]:
         """The environment of every fieldbox command this bench runs."""
@@ -141,15 +143,19 @@ class ApiServer:
         """Start the server and wait until /health answers."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.log_path = self.data_dir.parent / "api-server.log"
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        argv = [
+            sys.executable,
+            *("-m", "appliance", "serve", "api"),
+            f"--host={self.host}",
+            f"--port={self.port}",
+        ]
+        if self.command is not None:
+            fill = {"host": self.host, "port": str(self.port), "dir": str(self.data_dir)}
+            argv = [part.format(**fill) for part in self.command]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                *("-m", "appliance", "serve", "api"),
-                f"--host={self.host}",
-                f"--port={self.port}",
-            ],
+            argv,
             cwd=ROOT,
             env=self.env(),
             stdin=subprocess.DEVNULL,

@@ -36,8 +36,15 @@ def document_body(size: int, writer: int) -> bytes:
     return (head + "x" * max(0, size - len(head) - len(tail)) + tail).encode()
 
 
-def cas_writes(server: ApiServer, tag: str, body: bytes, s: Settings) -> float:
-    """Acknowledged CAS PUTs per second with `s.writers` concurrent keep-alive writers."""
+def cas_writes(
+    server: ApiServer, tag: str, body: bytes, s: Settings, *, prefix: str = "", verify: bool = True
+) -> float:
+    """Acknowledged CAS PUTs per second with `s.writers` concurrent keep-alive writers.
+
+    `prefix` points the writers at another server's PUT route (the bare reference app);
+    `verify` reads each document back at the end.
+    """
+    prefix = prefix or f"/v1/locations/{LOCATION}/docs/bench"
     counts = [0] * s.writers
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -49,7 +56,7 @@ def cas_writes(server: ApiServer, tag: str, body: bytes, s: Settings) -> float:
     def writer(i: int) -> None:
         try:
             conn = server.connect()
-            path = f"/v1/locations/{LOCATION}/docs/bench/{tag}-w{i}"
+            path = f"{prefix}/{tag}-w{i}"
             headers = {**auth, "Content-Type": "application/json", "If-None-Match": "*"}
             resp = expect_2xx(conn.request("PUT", path, headers, body), f"PUT {path} (create)")
             headers = {**auth, "Content-Type": "application/json", "If-Match": ""}
@@ -71,6 +78,9 @@ def cas_writes(server: ApiServer, tag: str, body: bytes, s: Settings) -> float:
                 if start <= now < end:
                     count += 1
             counts[i] = count
+            if not verify:
+                conn.close()
+                return
             got = expect_2xx(conn.request("GET", path, auth), f"GET {path}")
             if got.headers.get("etag") != etag or got.body != body:
                 raise BenchError(f"GET {path}: the last acknowledged write is not what is stored")
@@ -174,3 +184,17 @@ def store_cas_writes(data_dir: Path, body: bytes, s: Settings) -> float:
         t.join()
     locs.close()
     return sum(counts) / s.duration_s
+
+
+def sink_upload(server: ApiServer, data: bytes, chunk: int, name: str) -> float:
+    """Seconds to PATCH `data` in `chunk`-byte pieces to the bare app's fsyncing sink."""
+    conn = server.connect()
+    view = memoryview(data)
+    try:
+        t0 = time.perf_counter()
+        for offset in range(0, len(data), chunk):
+            piece = view[offset : offset + chunk]
+            expect_2xx(conn.request("PATCH", f"/sink/{name}", {}, piece), "PATCH /sink")
+        return time.perf_counter() - t0
+    finally:
+        conn.close()

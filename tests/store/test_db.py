@@ -1,0 +1,45 @@
+"""Opening databases: WAL, full sync, numbered migrations applied once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from store.config import StoreConfig
+from store.db import Database
+from store.locations import LOCATION_MIGRATIONS
+
+
+def test_location_db_is_wal_full_sync_and_migrated(tmp_path: Path) -> None:
+    """A new location.db is in WAL mode, synchronous=FULL, at the newest migration."""
+    db = Database(tmp_path / "location.db", StoreConfig(), LOCATION_MIGRATIONS)
+    try:
+        utils = db.utils
+        assert utils.journal_mode == "wal"
+        assert db.read().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert {"meta", "documents", "assets"} <= set(utils.table_names())
+        assert utils.table("documents").pks == ["collection", "key"]
+        assert utils.execute("PRAGMA user_version").fetchone()[0] == len(LOCATION_MIGRATIONS)
+    finally:
+        db.close()
+
+
+def test_migrations_run_once_and_new_ones_apply(tmp_path: Path) -> None:
+    """Reopening applies nothing twice; an appended migration runs on the next open."""
+    path = tmp_path / "x.db"
+    first = ("CREATE TABLE a (x INTEGER)",)
+    Database(path, StoreConfig(), first).close()
+    db = Database(path, StoreConfig(), (*first, "CREATE TABLE b (y INTEGER)"))
+    try:
+        assert set(db.utils.table_names()) == {"a", "b"}
+        assert db.utils.execute("PRAGMA user_version").fetchone()[0] == 2
+    finally:
+        db.close()
+
+
+def test_busy_timeout_is_at_least_five_seconds(tmp_path: Path) -> None:
+    """Writers from other processes wait for the lock at least 5 s before giving up."""
+    db = Database(tmp_path / "x.db", StoreConfig())
+    try:
+        assert db.read().execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    finally:
+        db.close()
