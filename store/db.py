@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import queue
@@ -121,11 +122,10 @@ class Database:
     def submit(self, op: Operation[T]) -> Future[T]:
         """Queue `op(conn)` for the next group commit; the future resolves once it is durable.
 
-        Operations of a batch run in arrival order inside one `BEGIN IMMEDIATE ... COMMIT`, so
-        each sees every earlier one. One that raises leaves no trace: the batch is rolled
-        back and run again without it, so an operation must be safe to run twice (read what
-        it checks inside the transaction). A result (or error) is delivered only after the
-        COMMIT (one fsync for the whole batch) has returned.
+        Operations of a batch run in arrival order inside one `BEGIN IMMEDIATE ... COMMIT`,
+        each in its own SAVEPOINT (`apply_ops`), so each sees every earlier one and one that
+        raises is undone alone. A result (or error) is delivered only after the COMMIT (one
+        fsync for the whole batch) has returned.
         """
         future: Future[T] = Future()
         with self._readers_lock:
@@ -159,37 +159,25 @@ class Database:
                 return
 
     def _commit_batch(self, batch: list[tuple[Operation[Any], Future[Any]]]) -> None:
-        failed: dict[int, Exception] = {}
-        results: dict[int, Any] = {}
         with self._lock:
             conn = self._writer
-            while True:
-                results.clear()
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    for i, (op, _) in enumerate(batch):
-                        if i not in failed:
-                            results[i] = _attempt(op, conn, i, failed)
-                    conn.execute("COMMIT")
-                except _Replay:
-                    # No savepoint per operation (each costs GIL round trips on a busy
-                    # server): undo the batch and run it again without the one that failed.
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                outcomes = apply_ops(conn, [op for op, _ in batch])
+                conn.execute("COMMIT")
+            except Exception as exc:
+                if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                    continue
-                except Exception as exc:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    error = _disk_full_or(exc)
-                    for i, (_, future) in enumerate(batch):
-                        future.set_exception(failed.get(i, error))
-                    return
-                break
+                error = _disk_full_or(exc)
+                for _, future in batch:
+                    future.set_exception(error)
+                return
             self._bound_wal()
-        for i, (_, future) in enumerate(batch):
-            if i in failed:
-                future.set_exception(failed[i])
+        for (ok, value), (_, future) in zip(outcomes, batch, strict=True):
+            if ok:
+                future.set_result(value)
             else:
-                future.set_result(results[i])
+                future.set_exception(value)
 
     def read(self) -> sqlite3.Connection:
         """This thread's read connection (readers never block the writer in WAL mode)."""
@@ -203,19 +191,7 @@ class Database:
         return conn
 
     def _bound_wal(self) -> None:
-        # Passive autocheckpoints are starved by a steady stream of readers; past the
-        # limit, force a RESTART checkpoint (it waits for readers, within busy_timeout).
-        try:
-            size = os.path.getsize(self.path + "-wal")
-        except OSError:
-            return
-        if size > self.cfg.wal_max_bytes:
-            try:
-                self._writer.execute("PRAGMA wal_checkpoint(RESTART)")
-            except sqlite3.Error:
-                # The write already committed; a checkpoint that fails (disk full, a reader
-                # past the busy timeout) is retried after the next write.
-                return
+        bound_wal(self._writer, self.path, self.cfg.wal_max_bytes)
 
     def integrity_check(self) -> str:
         """Run `PRAGMA integrity_check` and return its verdict ('ok' when healthy)."""
@@ -236,18 +212,39 @@ class Database:
             self._writer.close()
 
 
-class _Replay(Exception):
-    """An operation of a batch failed; the batch is rolled back and run without it."""
+def apply_ops(conn: sqlite3.Connection, ops: Sequence[Operation[Any]]) -> list[tuple[bool, Any]]:
+    """Run `ops` in order inside the open transaction, each in its own SAVEPOINT.
+
+    Returns (True, result) or (False, error) per operation; one that raises is rolled back
+    alone and the others stand. The caller commits.
+    """
+    outcomes: list[tuple[bool, Any]] = []
+    for op in ops:
+        conn.execute("SAVEPOINT op")
+        try:
+            outcomes.append((True, op(conn)))
+            conn.execute("RELEASE op")
+        except Exception as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            outcomes.append((False, _disk_full_or(exc)))
+    return outcomes
 
 
-def _attempt(
-    op: Operation[T], conn: sqlite3.Connection, index: int, failed: dict[int, Exception]
-) -> T:
+def bound_wal(conn: sqlite3.Connection, path: str, max_bytes: int) -> None:
+    """Force a RESTART checkpoint when the WAL has outgrown `max_bytes`.
+
+    Passive autocheckpoints are starved by a steady stream of readers; a RESTART waits for
+    them (within the busy timeout). The write before this already committed, so a failed
+    checkpoint (disk full, readers past the timeout) is left for the next write to retry.
+    """
     try:
-        return op(conn)
-    except Exception as exc:
-        failed[index] = _disk_full_or(exc)
-        raise _Replay from exc
+        size = os.path.getsize(path + "-wal")
+    except OSError:
+        return
+    if size > max_bytes:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(RESTART)")
 
 
 def _disk_full_or(exc: Exception) -> Exception:
