@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run blocking store work (fsync, hashing) off the event loop, with the log context."""
-    # asyncio's hop costs about two thirds of anyio's, and this is on every write.
+    # asyncio's hop costs about two thirds of anyio's (measured), and uploads hop per PATCH.
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
