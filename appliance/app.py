@@ -15,6 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from appliance import __version__
+from appliance.auth import authorize
 from appliance.config import FieldboxConfig
 from appliance.controllers.assets import AssetController
 from appliance.controllers.documents import DocumentController
@@ -71,7 +72,8 @@ def create_app(cfg: FieldboxConfig) -> Litestar:
             AssetController,
             ProjectController,
         ],
-        dependencies={"svc": Provide(_provide_services, sync_to_thread=False)},
+        dependencies={"svc": Provide(_provide_services, sync_to_thread=False, use_cache=True)},
+        before_request=authorize,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(

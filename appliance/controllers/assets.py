@@ -14,7 +14,7 @@ from litestar import Controller, Request, Response, get, head
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Stream
 
-from appliance.auth import field_access
+from appliance.auth import FIELD_ACCESS
 from appliance.errors import ApiError
 from appliance.schemas import AssetOut, AssetPage
 from appliance.services import Services, Svc
@@ -69,7 +69,7 @@ class AssetController(Controller):
     """Files the crews uploaded (and, later, job results)."""
 
     path = "/v1/assets"
-    guards = [field_access]
+    opt = FIELD_ACCESS
     tags = ["assets"]
 
     @get("/", sync_to_thread=True)

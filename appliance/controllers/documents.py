@@ -10,7 +10,7 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, put
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from appliance.auth import field_access
+from appliance.auth import FIELD_ACCESS
 from appliance.errors import ApiError
 from appliance.schemas import DocumentMeta, DocumentPage
 from appliance.services import Svc, committed
@@ -46,7 +46,7 @@ class DocumentController(Controller):
     """Documents addressed (location, collection, key), each with an ETag."""
 
     path = "/v1/locations/{location_id:str}/docs"
-    guards = [field_access]
+    opt = FIELD_ACCESS
     tags = ["documents"]
 
     @get("/{collection:str}/{key:str}", sync_to_thread=False)

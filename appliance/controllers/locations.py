@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Controller, get, post
 from litestar.params import FromPath, JSONBody
 
-from appliance.auth import field_access
+from appliance.auth import FIELD_ACCESS
 from appliance.schemas import LocationIn, LocationList
 from appliance.services import Svc
 from store.locations import Location
@@ -15,7 +15,7 @@ class LocationController(Controller):
     """Places the crews inspect; each owns a database and a blob folder."""
 
     path = "/v1/locations"
-    guards = [field_access]
+    opt = FIELD_ACCESS
     tags = ["locations"]
 
     @post("/", sync_to_thread=True)

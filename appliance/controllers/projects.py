@@ -8,7 +8,7 @@ from litestar import Controller, Response, get
 from litestar.params import FromPath
 
 from appliance import project_markdown
-from appliance.auth import field_access
+from appliance.auth import FIELD_ACCESS
 from appliance.services import Svc
 from store import assets, documents
 from store.paths import check_label
@@ -18,7 +18,7 @@ class ProjectController(Controller):
     """Projects are the `project`/`projectId` field of documents and the project of assets."""
 
     path = "/v1/locations/{location_id:str}/projects"
-    guards = [field_access]
+    opt = FIELD_ACCESS
     tags = ["projects"]
 
     @get("/{project:str}/markdown", sync_to_thread=True)

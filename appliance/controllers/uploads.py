@@ -10,7 +10,7 @@ from litestar import Controller, Request, Response, delete, get, head, patch, po
 from litestar.params import FromPath
 
 from appliance import tus
-from appliance.auth import field_access
+from appliance.auth import FIELD_ACCESS
 from appliance.errors import ApiError
 from appliance.partwriter import PartWriter
 from appliance.services import Services, Svc, in_thread
@@ -66,7 +66,7 @@ class UploadController(Controller):
             },
         )
 
-    @post("/", guards=[field_access], status_code=201)
+    @post("/", opt=FIELD_ACCESS, status_code=201)
     async def create(self, request: Request[Any, Any, Any], svc: Svc) -> Response[None]:
         """Start an upload; with a body (creation-with-upload) the first bytes land too."""
         tus.check_resumable(request.headers)
@@ -101,7 +101,7 @@ class UploadController(Controller):
             up = await _finish(svc, up)
         return Response(None, status_code=201, headers=_headers(up, **location))
 
-    @head("/{upload_id:str}", guards=[field_access])
+    @head("/{upload_id:str}", opt=FIELD_ACCESS)
     async def offset(
         self,
         request: Request[Any, Any, Any],
@@ -116,7 +116,7 @@ class UploadController(Controller):
             headers=_headers(up, **{"Upload-Length": str(up.length)}),
         )
 
-    @patch("/{upload_id:str}", guards=[field_access], status_code=204)
+    @patch("/{upload_id:str}", opt=FIELD_ACCESS, status_code=204)
     async def append(
         self,
         request: Request[Any, Any, Any],
@@ -132,7 +132,7 @@ class UploadController(Controller):
         up = await _append(request, svc, up, offset)
         return Response(None, status_code=204, headers=_headers(up))
 
-    @delete("/{upload_id:str}", guards=[field_access], status_code=204)
+    @delete("/{upload_id:str}", opt=FIELD_ACCESS, status_code=204)
     async def terminate(
         self,
         request: Request[Any, Any, Any],
@@ -152,7 +152,7 @@ class UploadController(Controller):
         svc.upload_hashes.pop(up.id, None)
         return Response(None, status_code=204, headers={"Tus-Resumable": tus.TUS_VERSION})
 
-    @get("/{upload_id:str}", guards=[field_access])
+    @get("/{upload_id:str}", opt=FIELD_ACCESS)
     async def status(self, upload_id: FromPath[str], svc: Svc) -> dict[str, Any]:
         """fieldbox's own view of an upload (offset, length, and the asset once done)."""
         up = _live(svc, upload_id)  # one indexed read: no thread hop
