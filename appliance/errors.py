@@ -8,6 +8,7 @@ import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from appliance.committer import DatabaseBusy
 from store.errors import (
     ChecksumMismatch,
     Conflict,
@@ -20,6 +21,7 @@ from store.errors import (
 )
 
 _STORE_STATUS: dict[type[StoreError], tuple[int, str]] = {
+    DatabaseBusy: (503, "busy"),
     InvalidName: (400, "invalid_name"),
     InvalidDocument: (400, "invalid_document"),
     NotFound: (404, "not_found"),
@@ -79,7 +81,8 @@ def _store_error(_: Request[Any, Any, Any], exc: StoreError) -> Response[Any]:
     status, code = next(
         (v for t, v in _STORE_STATUS.items() if isinstance(exc, t)), (400, "bad_request")
     )
-    return error_response(status, code, str(exc))
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return error_response(status, code, str(exc), headers)
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from litestar.di import NamedDependency
 
+from appliance.committer import AsyncCommitter
 from appliance.config import FieldboxConfig
 from appliance.observe import Metrics
 from store import ingest, keys
@@ -28,11 +29,6 @@ async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run blocking store work (fsync, hashing) off the event loop, with the log context."""
     # asyncio's hop costs about two thirds of anyio's (measured), and uploads hop per PATCH.
     return await asyncio.to_thread(fn, *args, **kwargs)
-
-
-async def committed(db: Database, op: Operation[T]) -> T:
-    """Run a write operation in the database's next group commit; return once it is durable."""
-    return await asyncio.wrap_future(db.submit(op))
 
 
 @dataclass
@@ -52,6 +48,7 @@ class Services:
     # Running sha256 of uploads in flight (offset it covers, hasher), so a finished upload
     # need not be read again; lost on restart, when the file is hashed instead.
     upload_hashes: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    committers: dict[str, AsyncCommitter] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.verifier = Verifier(self.keys)
@@ -85,8 +82,17 @@ class Services:
         """True when free disk is under the configured floor."""
         return self.free_disk_bytes() < self.cfg.store.min_free_disk_mb * 1024 * 1024
 
+    async def committed(self, db: Database, op: Operation[T]) -> T:
+        """Run a write in the database's next group commit; return once it is on disk."""
+        committer = self.committers.get(db.path)
+        if committer is None:
+            committer = self.committers[db.path] = AsyncCommitter(db.path, self.cfg.store)
+        return await committer.run(op)
+
     def close(self) -> None:
         """Close in reverse order of opening."""
+        for committer in self.committers.values():
+            committer.close()
         self.keys.close()
         self.uploads.close()
         self.locations.close()

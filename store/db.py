@@ -57,6 +57,9 @@ def connect(path: Path | str, cfg: StoreConfig) -> sqlite3.Connection:
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> int:
     """Apply numbered migrations (index + 1 = version) past `PRAGMA user_version`; return it."""
+    # An up-to-date database is only read: opening it never waits for another writer.
+    if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= len(migrations):
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])

@@ -13,7 +13,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from appliance.auth import FIELD_ACCESS
 from appliance.errors import ApiError
 from appliance.schemas import DocumentMeta, DocumentPage
-from appliance.services import Svc, committed
+from appliance.services import Svc
 from store import documents
 from store.errors import PreconditionFailed
 
@@ -86,7 +86,7 @@ class DocumentController(Controller):
             max_bytes=svc.cfg.api.max_document_bytes,
         )
         try:
-            doc, created = await committed(svc.locations.db(location_id), op)
+            doc, created = await svc.committed(svc.locations.db(location_id), op)
         except PreconditionFailed:
             svc.metrics.cas_conflicts.inc()
             raise
@@ -111,7 +111,7 @@ class DocumentController(Controller):
             raise ApiError(428, "send If-Match: <etag> (or *) to delete")
         op = documents.delete_op(collection, key, if_match=if_match)
         try:
-            await committed(svc.locations.db(location_id), op)
+            await svc.committed(svc.locations.db(location_id), op)
         except PreconditionFailed:
             svc.metrics.cas_conflicts.inc()
             raise
