@@ -125,8 +125,8 @@ def run(s: Settings, run_dir: Path, log: Callable[[str], None]) -> list[Row]:
         log(f"CAS writes: {s.writers} writers, {len(body)}-byte documents, {s.duration_s:g}s each")
         alternate(s.reps, raw_cas, fb_cas, cas, s.settle_s)
 
-        # Reference row (no target): the same CAS through the store in-process, no HTTP.
-        store_row = Row(f"  in-process ({s.writers} t)", "raw sqlite", "store", 0.0, "{:.0f}")
+        # Reference row (no target): the same CAS in-process, no HTTP, no batching.
+        store_row = Row(f"  store ({s.writers} t)", "raw sqlite", "store", 0.0, "{:.0f}")
 
         def fb_store(rep: int) -> float:
             value = store_cas_writes(run_dir / f"store-{rep}", body, s)

@@ -153,8 +153,8 @@ def tus_upload(server: ApiServer, data: bytes, chunk: int, filename: str) -> flo
 def store_cas_writes(data_dir: Path, body: bytes, s: Settings) -> float:
     """CAS writes/s through `store.documents.put` from `s.writers` threads, no HTTP at all.
 
-    The same group-committed path the api uses, in-process: it splits what the store costs
-    from what the HTTP layer costs.
+    The same conditional statement the api runs, one transaction (one fsync) per write, as
+    the CLI and other in-process callers do: what the store costs without HTTP or batching.
     """
     from store import documents
     from store.config import StoreConfig

@@ -5,11 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,9 +18,6 @@ from store.config import StoreConfig
 from store.errors import DiskFull
 
 _SQLITE_FULL = 13
-# Most write operations one group commit may carry.
-_MAX_BATCH = 256
-
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], T]
 
@@ -88,10 +83,6 @@ class Database:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[Operation[Any], Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._committer: threading.Thread | None = None
         try:
             self._writer = connect(self.path, cfg)
             migrate(self._writer, migrations)
@@ -122,65 +113,10 @@ class Database:
                 raise
             self._bound_wal()
 
-    def submit(self, op: Operation[T]) -> Future[T]:
-        """Queue `op(conn)` for the next group commit; the future resolves once it is durable.
-
-        Operations of a batch run in arrival order inside one `BEGIN IMMEDIATE ... COMMIT`,
-        each in its own SAVEPOINT (`apply_ops`), so each sees every earlier one and one that
-        raises is undone alone. A result (or error) is delivered only after the COMMIT (one
-        fsync for the whole batch) has returned.
-        """
-        future: Future[T] = Future()
-        with self._readers_lock:
-            if self._committer is None:
-                self._committer = threading.Thread(
-                    target=self._commit_loop, name=f"commit:{Path(self.path).name}", daemon=True
-                )
-                self._committer.start()
-        self._queue.put((op, future))
-        return future
-
     def run(self, op: Operation[T]) -> T:
-        """`submit(op)` and wait for it."""
-        return self.submit(op).result()
-
-    def _commit_loop(self) -> None:
-        while (first := self._queue.get()) is not None:
-            batch = [first]
-            stop = False
-            while len(batch) < _MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            self._commit_batch(batch)
-            if stop:
-                return
-
-    def _commit_batch(self, batch: list[tuple[Operation[Any], Future[Any]]]) -> None:
-        with self._lock:
-            conn = self._writer
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                outcomes = apply_ops(conn, [op for op, _ in batch])
-                conn.execute("COMMIT")
-            except Exception as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                error = _disk_full_or(exc)
-                for _, future in batch:
-                    future.set_exception(error)
-                return
-            self._bound_wal()
-        for (ok, value), (_, future) in zip(outcomes, batch, strict=True):
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+        """Run one write operation in its own `write()` transaction and return its result."""
+        with self.write() as conn:
+            return op(conn)
 
     def read(self) -> sqlite3.Connection:
         """This thread's read connection (readers never block the writer in WAL mode)."""
@@ -202,11 +138,7 @@ class Database:
         return "; ".join(str(r[0]) for r in rows)
 
     def close(self) -> None:
-        """Finish queued writes, then close every connection this object opened."""
-        if self._committer is not None:
-            self._queue.put(None)
-            self._committer.join()
-            self._committer = None
+        """Close every connection this object opened."""
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()

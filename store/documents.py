@@ -134,7 +134,7 @@ def put_op(
 ) -> Operation[tuple[Document, bool]]:
     """Check the input now; return the compare-and-swap to run under the write lock.
 
-    Submit it with `Database.submit` (async callers) or run it with `Database.run`.
+    The api batches it (`appliance.committer`); other callers run it with `Database.run`.
     """
     check_key("collection", collection)
     check_key("key", key)
