@@ -11,6 +11,7 @@ this connection, retried with call_later until the configured busy timeout).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from typing import Any, TypeVar
 
@@ -49,7 +50,6 @@ class AsyncCommitter:
         self._pending.append((op, future))
         if not self._active:
             self._active = True
-            # call_soon: requests parsed in this same loop pass join the batch.
             loop.call_soon(self._begin, loop, loop.time() + self.cfg.busy_timeout_ms / 1000)
         return await future
 
@@ -77,7 +77,8 @@ class AsyncCommitter:
             self.conn.execute("COMMIT")
         except Exception as exc:  # a SAVEPOINT or the COMMIT failed: nothing was written
             if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             outcomes = [(False, _mapped(exc))] * len(batch)
         else:
             bound_wal(self.conn, self.path, self.cfg.wal_max_bytes)
