@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from store.assets import Asset
@@ -41,37 +39,15 @@ class DocumentPage(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
-class AssetOut(msgspec.Struct, kw_only=True):
-    """An asset as clients see it."""
+class AssetOut(Asset, frozen=True, kw_only=True):
+    """An asset as clients see it: the stored record plus where to download it."""
 
-    id: str
-    location: str
-    project: str | None
-    kind: str
-    filename: str
-    mime_type: str
-    size: int
-    sha256: str
-    created_at: float
-    metadata: dict[str, Any]
     content_url: str
 
     @classmethod
     def of(cls, asset: Asset) -> AssetOut:
         """Public view of a stored asset."""
-        return cls(
-            id=asset.id,
-            location=asset.location,
-            project=asset.project,
-            kind=asset.kind,
-            filename=asset.filename,
-            mime_type=asset.mime_type,
-            size=asset.size,
-            sha256=asset.sha256,
-            created_at=asset.created_at,
-            metadata=asset.metadata,
-            content_url=f"/v1/assets/{asset.id}/content",
-        )
+        return cls(**msgspec.structs.asdict(asset), content_url=f"/v1/assets/{asset.id}/content")
 
 
 class AssetPage(msgspec.Struct, kw_only=True):
