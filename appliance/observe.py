@@ -129,9 +129,24 @@ class Metrics:
             "Document writes refused because the ETag precondition failed",
             registry=self.registry,
         )
+        # Labelled children, looked up once: `.labels()` takes a lock on every call.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.disk_free = Gauge(
             "fieldbox_data_disk_free_bytes", "Free bytes on the data disk", registry=self.registry
         )
+
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class RequestObserver:
@@ -168,8 +183,7 @@ class RequestObserver:
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("path_template") or "unmatched"
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
-            self.metrics.latency.labels(scope["method"], route).observe(elapsed)
+            self.metrics.observe_request(scope["method"], route, status, elapsed)
             self.log.info(
                 "request",
                 method=scope["method"],

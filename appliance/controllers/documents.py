@@ -91,8 +91,9 @@ class DocumentController(Controller):
             svc.metrics.cas_conflicts.inc()
             raise
         return Response(
-            {"collection": collection, "key": key, "etag": doc.etag},
+            msgspec.json.encode({"collection": collection, "key": key, "etag": doc.etag}),
             status_code=201 if created else 200,
+            media_type="application/json",
             headers={"ETag": doc.etag},
         )
 
