@@ -28,6 +28,17 @@ from tests.system.helpers import (
 )
 
 KIB = 1024
+
+
+def _patch_head(url: str, token: str, length: int) -> bytes:
+    """The head of a raw tus PATCH at offset 0 announcing `length` bytes (for raw sockets)."""
+    return (
+        f"PATCH {url} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        f"Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: {OCTETS}\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
 MIB = 1024 * KIB
 
 
@@ -100,16 +111,7 @@ def test_stalled_patch_releases_lock_and_keeps_bytes(
         url = tus_create(c, "site", len(data), "stall.bin")
         sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
         try:
-            head = (
-                f"PATCH {url} HTTP/1.1\r\n"
-                f"Host: 127.0.0.1:{srv.port}\r\n"
-                f"Authorization: Bearer {token}\r\n"
-                "Tus-Resumable: 1.0.0\r\n"
-                "Upload-Offset: 0\r\n"
-                f"Content-Type: {OCTETS}\r\n"
-                f"Content-Length: {len(data)}\r\n\r\n"
-            ).encode()
-            sock.sendall(head + data[:sent])
+            sock.sendall(_patch_head(url, token, len(data)) + data[:sent])
             time.sleep(0.2)
             # An empty PATCH at offset 0 is harmless if it gets in before the stalled one
             # takes the lock; once that one holds it, it must be turned away with 423.
@@ -146,12 +148,7 @@ def test_patch_after_stall_timeout_is_not_locked(
         create_location(c, "site")
         url = tus_create(c, "site", len(data), "gone.bin")
         sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-        head = (
-            f"PATCH {url} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            f"Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: {OCTETS}\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n"
-        ).encode()
-        sock.sendall(head + data[: 100 * KIB])
+        sock.sendall(_patch_head(url, token, len(data)) + data[: 100 * KIB])
         time.sleep(0.2)
         sock.close()
         offset = 0
@@ -181,13 +178,8 @@ def test_sigterm_during_patch(start_server: StartServer, token: str) -> None:
         create_location(c, "site")
         url = tus_create(c, "site", len(data), "slow.bin")
     sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-    head = (
-        f"PATCH {url} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-        f"Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: {OCTETS}\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n"
-    ).encode()
     sent = 256 * KIB
-    sock.sendall(head + data[:sent])
+    sock.sendall(_patch_head(url, token, len(data)) + data[:sent])
     stop_sending = threading.Event()
 
     def trickle() -> None:
