@@ -135,7 +135,6 @@ class Metrics:
             "fieldbox_data_disk_free_bytes", "Free bytes on the data disk", registry=self.registry
         )
 
-
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
         key = (method, route, status)
