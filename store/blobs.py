@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 from pathlib import Path
 
 from store.db import fsync_dir, is_disk_full, makedirs_durable
@@ -49,24 +48,3 @@ def adopt(layout: Layout, loc: Location, src: Path, sha256: str) -> Path:
             raise DiskFull("no space left on the data disk; blob not stored") from exc
         raise
     return dest
-
-
-def write_bytes(layout: Layout, loc: Location, data: bytes) -> tuple[str, Path]:
-    """Store `data` as a blob (durably) and return its digest and path."""
-    sha = hashlib.sha256(data).hexdigest()
-    dest = blob_path(layout, loc, sha)
-    if dest.exists():
-        return sha, dest
-    layout.tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = layout.tmp_dir / f"blob-{secrets.token_hex(8)}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if is_disk_full(exc):
-            raise DiskFull("no space left on the data disk; blob not stored") from exc
-        raise
-    return sha, adopt(layout, loc, tmp, sha)

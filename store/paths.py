@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,8 +114,3 @@ class Layout:
         """Create the top-level folders."""
         for d in (self.root, self.locations_dir, self.uploads_dir, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
-
-    def inside(self, path: Path) -> bool:
-        """True when `path` resolves to somewhere under the data root."""
-        root = os.path.realpath(self.root)
-        return os.path.realpath(path).startswith(root + os.sep)

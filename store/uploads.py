@@ -245,9 +245,3 @@ class Uploads:
     def close(self) -> None:
         """Close the sessions database."""
         self.db.close()
-
-
-def disk_full_guard(exc: BaseException) -> None:
-    """Re-raise an OSError as DiskFull when it means the disk is full."""
-    if is_disk_full(exc):
-        raise DiskFull("no space left on the data disk; the last chunk was not kept") from exc
