@@ -100,6 +100,31 @@ def serve_api(ctx: Context, host: str | None, port: int | None) -> None:
     serve(app, host=host or cfg.api.host, port=port or cfg.api.port, stopping=app.state.stopping)
 
 
+@serve.command("gateway")
+@click.option("--host", default=None, help="Bind address (default from [gateway]).")
+@click.option("--port", default=None, type=int, help="Port (default from [gateway]).")
+@pass_ctx
+def serve_gateway(ctx: Context, host: str | None, port: int | None) -> None:
+    """The model gateway (OpenAI and Ollama APIs over the configured backends)."""
+    import threading
+
+    from appliance.observe import HttpMetrics, RequestObserver, configure_logging
+    from appliance.serving import serve
+    from inference.app import create_gateway_app
+
+    cfg = ctx.cfg
+    configure_logging(cfg.log, "gateway")
+    app = create_gateway_app(cfg.gateway, cfg.inference, cfg.store)
+    # Request ids, the access log line and HTTP metrics, into the gateway's own registry.
+    app.asgi_handler = RequestObserver(app.asgi_handler, HttpMetrics(app.state.metrics.registry))
+    serve(
+        app,
+        host=host or cfg.gateway.host,
+        port=port or cfg.gateway.port,
+        stopping=threading.Event(),
+    )
+
+
 @main.command()
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Bind address of every process."

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, get_type_hints
 
 import msgspec
 
+from inference.config import GatewayConfig, InferenceConfig, check_gateway, check_inference
 from store.config import StoreConfig
 
 SYSTEM_CONFIG = Path("/etc/fieldbox/fieldbox.toml")
@@ -71,6 +72,12 @@ class FieldboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     """Logging, shared by every process."""
+
+    inference: InferenceConfig = msgspec.field(default_factory=InferenceConfig)
+    """Model backends and aliases (package `inference`)."""
+
+    gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
+    """The model gateway process and who may call it (package `inference`)."""
 
     @property
     def data_dir(self) -> Path:
@@ -141,7 +148,12 @@ def parse_config(text: str, source: str = "<string>") -> FieldboxConfig:
     problems = _check(FieldboxConfig, raw, (), lines)
     if problems:
         raise ConfigError(source, problems)
-    return msgspec.convert(raw, FieldboxConfig)
+    cfg = msgspec.convert(raw, FieldboxConfig)
+    # Rules across fields (an open gateway, aliases naming nothing) come after the types.
+    semantic = check_gateway(cfg.gateway) + check_inference(cfg.inference)
+    if semantic:
+        raise ConfigError(source, [ConfigProblem(_line_of(lines, k), m) for k, m in semantic])
+    return cfg
 
 
 def _check(

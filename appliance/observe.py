@@ -99,11 +99,11 @@ def _add_process(process: str) -> Any:
     return add
 
 
-class Metrics:
-    """The Prometheus collectors of one api process (a registry per app, not the global one)."""
+class HttpMetrics:
+    """Requests and latency by route, in a registry of the process's own (not the global one)."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
         self.requests = Counter(
             "fieldbox_http_requests_total",
             "HTTP requests answered",
@@ -116,24 +116,8 @@ class Metrics:
             ["method", "route"],
             registry=self.registry,
         )
-        self.upload_bytes = Counter(
-            "fieldbox_upload_bytes_total",
-            "Bytes received by resumable uploads",
-            registry=self.registry,
-        )
-        self.uploads_completed = Counter(
-            "fieldbox_uploads_completed_total", "Uploads turned into assets", registry=self.registry
-        )
-        self.cas_conflicts = Counter(
-            "fieldbox_document_precondition_failures_total",
-            "Document writes refused because the ETag precondition failed",
-            registry=self.registry,
-        )
         # Labelled children, looked up once: `.labels()` takes a lock on every call.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self.disk_free = Gauge(
-            "fieldbox_data_disk_free_bytes", "Free bytes on the data disk", registry=self.registry
-        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
@@ -148,10 +132,33 @@ class Metrics:
         children[1].observe(seconds)
 
 
+class Metrics(HttpMetrics):
+    """The Prometheus collectors of one api process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.upload_bytes = Counter(
+            "fieldbox_upload_bytes_total",
+            "Bytes received by resumable uploads",
+            registry=self.registry,
+        )
+        self.uploads_completed = Counter(
+            "fieldbox_uploads_completed_total", "Uploads turned into assets", registry=self.registry
+        )
+        self.cas_conflicts = Counter(
+            "fieldbox_document_precondition_failures_total",
+            "Document writes refused because the ETag precondition failed",
+            registry=self.registry,
+        )
+        self.disk_free = Gauge(
+            "fieldbox_data_disk_free_bytes", "Free bytes on the data disk", registry=self.registry
+        )
+
+
 class RequestObserver:
     """ASGI wrapper: request id, one JSON log line and metrics for every HTTP request."""
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+    def __init__(self, app: Any, metrics: HttpMetrics) -> None:
         self.app = app
         self.metrics = metrics
         self.log = structlog.get_logger("fieldbox.http")

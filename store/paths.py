@@ -106,6 +106,16 @@ class Layout:
         return self.root / "keys.db"
 
     @property
+    def telemetry_dir(self) -> Path:
+        """The telemetry spool (JSON lines, shipped by the bridge)."""
+        return self.root / "telemetry"
+
+    @property
+    def models_dir(self) -> Path:
+        """The model registry: `{slot}/{version}/` and `{slot}/_latest.json`."""
+        return self.root / "models"
+
+    @property
     def tmp_dir(self) -> Path:
         """Scratch space on the same filesystem, so renames out of it are atomic."""
         return self.root / "tmp"

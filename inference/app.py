@@ -1,0 +1,75 @@
+"""`create_gateway_app`: the only place the model gateway is assembled."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from litestar import Litestar, Request
+from litestar.datastructures import State
+
+from inference.access import Access, Caller
+from inference.config import GatewayConfig, InferenceConfig
+from inference.controllers.ollama_api import OllamaController
+from inference.controllers.openai_api import OpenAIController
+from inference.controllers.status import StatusController
+from inference.errors import EXCEPTION_HANDLERS
+from inference.metrics import GatewayMetrics
+from inference.router import Router
+from inference.service import Gateway
+from store import keys
+from store.config import StoreConfig
+from store.paths import Layout
+from store.telemetry import Spool
+
+
+async def _admit(request: Request[Any, Any, Any]) -> None:
+    """App-wide before-request hook: routes marked `opt["gateway"]` need an allowed caller."""
+    if not request.route_handler.opt.get("gateway"):
+        return
+    access: Access = request.app.state.access
+    client = request.scope.get("client")
+    peer = client[0] if client else ""
+    caller: Caller = await access.check(peer, request.headers)
+    request.state.caller = caller
+
+
+def create_gateway_app(
+    gw: GatewayConfig, inference: InferenceConfig, store: StoreConfig
+) -> Litestar:
+    """Build the gateway for one config; backends start in the lifespan, stop after it."""
+    layout = Layout(Path(store.data_dir))
+    metrics = GatewayMetrics()
+    router = Router(inference, layout.models_dir)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        layout.ensure()
+        key_db = keys.open_keys(str(layout.keys_db), store)
+        spool = Spool(layout.telemetry_dir, writer=f"gateway-{os.getpid()}")
+        app.state.access = Access(gw, keys.Verifier(key_db))
+        app.state.gateway = Gateway(router, metrics, spool, gw.capture_prompts)
+        await router.start()
+        try:
+            yield
+        finally:
+            await router.close()
+            spool.close()
+            key_db.close()
+
+    return Litestar(
+        route_handlers=[StatusController, OpenAIController, OllamaController],
+        before_request=_admit,
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        request_max_body_size=gw.max_body_bytes,
+        state=State(
+            {"router": router, "metrics": metrics, "config": gw, "models_dir": layout.models_dir}
+        ),
+        openapi_config=None,
+        debug=False,
+        logging_config=None,
+    )

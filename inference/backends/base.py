@@ -1,0 +1,92 @@
+"""What every backend offers the router: OpenAI-shaped requests in, OpenAI-shaped answers out.
+
+The canonical shape inside the gateway is OpenAI's (a request dict as a client would send
+it to `/v1/chat/completions`, answers and stream chunks as OpenAI returns them); the Ollama
+dialect and the Ollama backend are translated to and from it in `inference.translate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["chat", "completion"]
+Json = dict[str, Any]
+
+
+class BackendError(Exception):
+    """A call that failed. `retryable`: nothing reached the client yet and another target
+    may do better (connection refused, 5xx, timeout before the first byte)."""
+
+    def __init__(self, status: int, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do; the router skips targets that cannot serve a request."""
+
+    chat: bool = True
+    completion: bool = True
+    embeddings: bool = True
+    json_schema: bool = True
+    tools: bool = True
+
+
+@dataclass
+class Health:
+    """The outcome of one probe."""
+
+    ok: bool
+    detail: str = ""
+    info: Json = field(default_factory=dict)
+
+
+@dataclass
+class Reply:
+    """A finished (non-streamed) answer. `raw` is the upstream's own bytes when they are
+    already what an OpenAI client expects, so they can be passed on untouched."""
+
+    body: Json
+    raw: bytes | None = None
+
+
+class Backend:
+    """Base class: a named backend serving some models. Subclasses override the calls."""
+
+    type_name = "base"
+    capabilities = Capabilities()
+
+    def __init__(self, name: str, models: list[str]) -> None:
+        self.name = name
+        self.models = list(models)
+
+    async def start(self) -> None:
+        """Open connections or load weights."""
+
+    async def close(self) -> None:
+        """Release everything `start` took."""
+
+    async def health(self) -> Health:
+        """Probe the backend (cheap; called every few seconds)."""
+        return Health(True)
+
+    async def generate(self, kind: Kind, body: Json) -> Reply:
+        """A whole chat or text completion for a canonical request."""
+        raise BackendError(400, f"{self.type_name} backends cannot do {kind}", retryable=False)
+
+    def stream(self, kind: Kind, body: Json) -> AsyncIterator[Json]:
+        """Chunks of a chat or text completion, OpenAI-shaped, as they are produced."""
+        raise BackendError(400, f"{self.type_name} backends cannot stream", retryable=False)
+
+    async def embed(self, body: Json) -> Json:
+        """An OpenAI embeddings answer for `{model, input}`."""
+        raise BackendError(400, f"{self.type_name} backends cannot embed", retryable=False)
+
+    def describe(self) -> Json:
+        """What `/v1/backends` and `/api/show` say about this backend (no secrets)."""
+        return {"name": self.name, "type": self.type_name, "models": self.models}

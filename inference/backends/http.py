@@ -1,0 +1,167 @@
+"""The HTTP plumbing every remote backend shares: one pooled aiohttp session, upstream
+credentials from config only, and failures sorted into retryable or not."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from inference.backends.base import Backend, BackendError, Health, Json
+from inference.config import MlxBackend as MlxConfig
+from inference.config import OllamaBackend, OpenAIBackend, VllmBackend
+
+RemoteConfig = VllmBackend | OllamaBackend | MlxConfig | OpenAIBackend
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
+def upstream_key(cfg: RemoteConfig) -> str | None:
+    """The upstream's API key from the environment variable or file config names."""
+    if cfg.api_key_env:
+        return os.environ.get(cfg.api_key_env) or None
+    if cfg.api_key_file:
+        try:
+            return Path(cfg.api_key_file).read_text().strip() or None
+        except OSError:
+            return None
+    return None
+
+
+class HttpBackend(Backend):
+    """A backend reached over HTTP at `cfg.url`."""
+
+    health_path = "/health"
+
+    def __init__(self, cfg: RemoteConfig) -> None:
+        super().__init__(cfg.name, cfg.models)
+        self.cfg = cfg
+        self.base = cfg.url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        # Resolved once at start; an upstream key set but missing disables the backend
+        # rather than calling a paid upstream anonymously.
+        self._key: str | None = None
+        self.disabled_reason = ""
+
+    async def start(self) -> None:
+        """Open the connection pool."""
+        self._key = upstream_key(self.cfg)
+        if (self.cfg.api_key_env or self.cfg.api_key_file) and self._key is None:
+            self.disabled_reason = "its API key is not available"
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s, sock_connect=5),
+            skip_auto_headers=("User-Agent",),
+            # Nothing a client sends may steer this session: no cookies kept between calls.
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session (after `start`)."""
+        assert self._session is not None, "backend not started"
+        return self._session
+
+    async def health(self) -> Health:
+        """GET the health path; 2xx is healthy."""
+        if self.disabled_reason:
+            return Health(False, self.disabled_reason)
+        try:
+            async with self.session.get(
+                self.health_url(), timeout=aiohttp.ClientTimeout(total=3)
+            ) as resp:
+                await resp.read()
+                if resp.status < 300:
+                    return Health(True)
+                return Health(False, f"{self.health_path} answered {resp.status}")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return Health(False, f"unreachable: {type(exc).__name__}")
+
+    def health_url(self) -> str:
+        """Where the health probe goes."""
+        return self.base + self.health_path
+
+    async def post_json(self, path: str, body: Json) -> tuple[Json, bytes]:
+        """POST a JSON body; the decoded answer and its bytes, or a sorted BackendError."""
+        try:
+            async with self.session.post(
+                self.base + path, data=_encode(body), headers={"Content-Type": "application/json"}
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 300:
+                    raise upstream_error(resp.status, raw)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendError(502, f"{self.name}: {type(exc).__name__}", retryable=True) from exc
+        except TimeoutError as exc:
+            raise BackendError(504, f"{self.name}: upstream timed out", retryable=True) from exc
+        try:
+            return _decode(raw), raw
+        except msgspec.DecodeError as exc:
+            raise BackendError(502, f"{self.name}: answer is not JSON", retryable=True) from exc
+
+    async def post_lines(self, path: str, body: Json) -> AsyncIterator[bytes]:
+        """POST and yield the answer's non-empty lines as they arrive.
+
+        Errors before the first line are retryable; after it they end the stream.
+        """
+        started = False
+        try:
+            async with self.session.post(
+                self.base + path, data=_encode(body), headers={"Content-Type": "application/json"}
+            ) as resp:
+                if resp.status >= 300:
+                    raise upstream_error(resp.status, await resp.read())
+                async for line in resp.content:
+                    line = line.strip()
+                    if line:
+                        started = True
+                        yield line
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            raise BackendError(
+                502, f"{self.name}: connection lost ({type(exc).__name__})", retryable=not started
+            ) from exc
+        except TimeoutError as exc:
+            raise BackendError(
+                504, f"{self.name}: upstream timed out", retryable=not started
+            ) from exc
+
+    def describe(self) -> Json:
+        """Name, type, models, url: never the key."""
+        return {**super().describe(), "url": self.base}
+
+
+def upstream_error(status: int, raw: bytes) -> BackendError:
+    """An upstream error answer → BackendError; 5xx and 429 may go to another target."""
+    message = _error_message(raw) or f"upstream answered {status}"
+    if status >= 500 or status == 429:
+        return BackendError(502, f"upstream error {status}: {message}", retryable=True)
+    return BackendError(status, message, retryable=False)
+
+
+def _error_message(raw: bytes) -> str:
+    try:
+        data: Any = _decode(raw)
+    except msgspec.DecodeError:
+        return raw[:200].decode("utf-8", "replace")
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict):
+            return str(err.get("message", ""))[:500]
+        if isinstance(err, str):
+            return err[:500]
+        if isinstance(data.get("detail"), str):
+            return str(data["detail"])[:500]
+    return ""

@@ -1,0 +1,56 @@
+"""`ollama`: an Ollama server through its native API (`/api/chat`, `/api/generate`, ...)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import msgspec
+
+from inference import translate
+from inference.backends.base import BackendError, Json, Kind, Reply
+from inference.backends.http import HttpBackend
+from inference.config import OllamaBackend as OllamaConfig
+
+_decode = msgspec.json.Decoder().decode
+
+
+class OllamaBackend(HttpBackend):
+    """Ollama's native API: `format` carries JSON schemas, `keep_alive` its model residency."""
+
+    type_name = "ollama"
+    health_path = "/api/version"
+
+    def __init__(self, cfg: OllamaConfig) -> None:
+        super().__init__(cfg)
+        self.keep_alive = cfg.keep_alive
+
+    async def generate(self, kind: Kind, body: Json) -> Reply:
+        """One native call, translated back to the canonical shape."""
+        path, native = translate.to_ollama_native(kind, {**body, "stream": False}, self.keep_alive)
+        data, _ = await self.post_json(path, native)
+        return Reply(translate.from_ollama_native(kind, data, _reply_id(kind)))
+
+    async def stream(self, kind: Kind, body: Json) -> AsyncIterator[Json]:
+        """NDJSON lines → canonical chunks."""
+        path, native = translate.to_ollama_native(kind, {**body, "stream": True}, self.keep_alive)
+        reply_id = _reply_id(kind)
+        async for line in self.post_lines(path, native):
+            try:
+                data = _decode(line)
+            except msgspec.DecodeError as exc:
+                raise BackendError(502, f"{self.name}: bad stream line", retryable=False) from exc
+            if isinstance(data, dict) and "error" in data:
+                raise BackendError(502, f"{self.name}: {data['error']}", retryable=False)
+            yield translate.from_ollama_native_chunk(kind, data, reply_id)
+
+    async def embed(self, body: Json) -> Json:
+        """`/api/embed`."""
+        data, _ = await self.post_json(
+            "/api/embed", {"model": body["model"], "input": body["input"]}
+        )
+        return translate.from_ollama_native_embed(data, body["model"])
+
+
+def _reply_id(kind: Kind) -> str:
+    return ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)

@@ -1,0 +1,56 @@
+"""`openai`: any OpenAI-compatible upstream (also the base of `vllm` and `mlx`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+
+from inference.backends.base import BackendError, Json, Kind, Reply
+from inference.backends.http import HttpBackend
+
+_decode = msgspec.json.Decoder().decode
+_PATHS: dict[Kind, str] = {"chat": "/chat/completions", "completion": "/completions"}
+
+
+class OpenAICompatBackend(HttpBackend):
+    """Speaks `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings` upstream."""
+
+    type_name = "openai"
+    health_path = "/models"
+
+    def prepare(self, kind: Kind, body: Json) -> Json:
+        """The request as this upstream wants it (structured-output parameters, say)."""
+        return body
+
+    async def generate(self, kind: Kind, body: Json) -> Reply:
+        """POST and return the upstream's answer as it came."""
+        data, raw = await self.post_json(_PATHS[kind], self.prepare(kind, body))
+        return Reply(data, raw)
+
+    async def stream(self, kind: Kind, body: Json) -> AsyncIterator[Json]:
+        """Server-sent events → chunk dicts; `[DONE]` ends the stream."""
+        wanted = self.prepare(kind, body)
+        # Ask for the usage chunk so token counts are known; the service drops it again
+        # for clients that did not ask for it.
+        wanted = {**wanted, "stream": True, "stream_options": {"include_usage": True}}
+        async for line in self.post_lines(_PATHS[kind], wanted):
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                return
+            try:
+                chunk = _decode(payload)
+            except msgspec.DecodeError as exc:
+                raise BackendError(502, f"{self.name}: bad stream chunk", retryable=False) from exc
+            if isinstance(chunk, dict) and "error" in chunk:
+                err = chunk["error"]
+                message = err.get("message", "") if isinstance(err, dict) else str(err)
+                raise BackendError(502, f"{self.name}: {message}", retryable=False)
+            yield chunk
+
+    async def embed(self, body: Json) -> Json:
+        """POST `/embeddings`."""
+        data, _ = await self.post_json("/embeddings", body)
+        return data

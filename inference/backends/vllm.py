@@ -1,0 +1,75 @@
+"""`vllm`: a vLLM OpenAI-compatible server, with vLLM's own structured-output parameters."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from inference.backends.base import Health, Json, Kind
+from inference.backends.openai import OpenAICompatBackend
+from inference.config import VllmBackend as VllmConfig
+
+
+class VllmBackend(OpenAICompatBackend):
+    """vLLM: `/health` for liveness, `/metrics` for its queue, guided decoding for schemas."""
+
+    type_name = "vllm"
+
+    def __init__(self, cfg: VllmConfig) -> None:
+        super().__init__(cfg)
+        self.param = cfg.structured_output_param
+        # vLLM serves /health and /metrics at the root, beside /v1.
+        self.root = self.base.removesuffix("/v1")
+
+    def prepare(self, kind: Kind, body: Json) -> Json:
+        """A JSON schema becomes `structured_outputs.json` (or the older `guided_json`)."""
+        fmt = body.get("response_format")
+        if not isinstance(fmt, dict) or fmt.get("type") not in ("json_schema", "json_object"):
+            return body
+        out = {k: v for k, v in body.items() if k != "response_format"}
+        if fmt["type"] == "json_object":
+            schema: Json = {"type": "object"}
+        else:
+            schema = fmt.get("json_schema", {}).get("schema", {"type": "object"})
+        if self.param == "guided_json":
+            out["guided_json"] = schema
+        else:
+            out["structured_outputs"] = {"json": schema}
+        return out
+
+    async def health(self) -> Health:
+        """`/health`, plus the running and waiting request counts from `/metrics`."""
+        if self.disabled_reason:
+            return Health(False, self.disabled_reason)
+        try:
+            async with self.session.get(
+                self.root + "/health", timeout=aiohttp.ClientTimeout(total=3)
+            ) as resp:
+                await resp.read()
+                if resp.status >= 300:
+                    return Health(False, f"/health answered {resp.status}")
+            info: Json = {}
+            async with self.session.get(
+                self.root + "/metrics", timeout=aiohttp.ClientTimeout(total=3)
+            ) as resp:
+                if resp.status < 300:
+                    info = _queue_figures(await resp.text())
+            return Health(True, info=info)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return Health(False, f"unreachable: {type(exc).__name__}")
+
+
+def _queue_figures(text: str) -> Json:
+    """`vllm:num_requests_running` and `..._waiting` summed over models, when present."""
+    wanted = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in wanted:
+            try:
+                value = float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            out[wanted[name]] = out.get(wanted[name], 0.0) + value
+    return out

@@ -1,0 +1,188 @@
+"""The `[inference]` and `[gateway]` config sections: backends, aliases, who may call."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+import msgspec
+
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
+
+DEFAULT_MODEL = "smollm2-135m"
+"""The model name the embedded llama.cpp default serves."""
+
+
+class _Backend(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_field="type"):
+    name: Name
+    models: list[Name] = msgspec.field(default_factory=list)
+    max_concurrency: Positive = 8
+    max_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
+    queue_timeout_s: PositiveFloat = 30.0
+    timeout_s: PositiveFloat = 300.0
+
+
+class _Remote(_Backend, kw_only=True):
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    api_key_env: str = ""
+    api_key_file: str = ""
+
+
+class LlamaCppBackend(_Backend, tag="llamacpp", kw_only=True):
+    """llama-cpp-python in this process. `path` names a GGUF file; or `slot` + `version`."""
+
+    path: str = ""
+    slot: str = ""
+    version: str = "latest"
+    n_ctx: Positive = 2048
+    n_threads: Annotated[int, msgspec.Meta(ge=0)] = 0
+    max_concurrency: Positive = 1
+
+
+class VllmBackend(_Remote, tag="vllm", kw_only=True):
+    """A vLLM OpenAI-compatible server."""
+
+    structured_output_param: Literal["structured_outputs", "guided_json"] = "structured_outputs"
+
+
+class OllamaBackend(_Remote, tag="ollama", kw_only=True):
+    """An Ollama server, through its native API."""
+
+    keep_alive: str = "5m"
+
+
+class MlxBackend(_Remote, tag="mlx", kw_only=True):
+    """An `mlx_lm.server` (a Mac Mini)."""
+
+
+class OpenAIBackend(_Remote, tag="openai", kw_only=True):
+    """Any other OpenAI-compatible upstream (a cloud fallback needs `api_key_env`/`_file`)."""
+
+
+BackendConfig = LlamaCppBackend | VllmBackend | OllamaBackend | MlxBackend | OpenAIBackend
+
+
+class InferenceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The `[inference]` section: model backends and the names clients ask for."""
+
+    backends: list[BackendConfig] = msgspec.field(default_factory=list)
+    """`[[inference.backends]]` tables, each with a `type` (llamacpp, vllm, ollama, mlx,
+    openai), a unique `name`, the `models` it serves, `max_concurrency`, `max_queue`,
+    `queue_timeout_s`, `timeout_s`; remote ones a `url` and optionally `api_key_env` or
+    `api_key_file`; llamacpp a GGUF `path` or a model `slot` + `version`. Empty means the
+    embedded default: SmolLM2-135M-Instruct on llama.cpp, served as `smollm2-135m`."""
+
+    aliases: dict[Name, list[Name]] = msgspec.field(default_factory=dict)
+    """Stable names for clients: alias = [model, fallback model, ...]; first healthy wins."""
+
+    health_interval_s: PositiveFloat = 10.0
+    """How often each backend's health is probed."""
+
+    breaker_failures: Positive = 3
+    """Consecutive failures after which a backend is taken out of rotation."""
+
+    breaker_cooldown_s: PositiveFloat = 30.0
+    """How long a tripped backend stays out before it is tried again."""
+
+
+class TunnelConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The `[gateway.tunnel]` section: who may come in through `tailscale serve`."""
+
+    allow: list[str] = msgspec.field(default_factory=list)
+    """Tailnet logins (`alice@example.com`) and tags (`tag:office`) let in without a key."""
+
+    trusted_proxies: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1/32"])
+    """CIDRs whose Tailscale identity headers are believed (where `tailscale serve` runs)."""
+
+    allow_funnel: bool = False
+    """Let Funnel (public internet) requests through to the key check; refused otherwise."""
+
+    localapi_socket: str = "/var/run/tailscale/tailscaled.sock"
+    """tailscaled's LocalAPI socket, used to resolve tagged nodes (`whois`)."""
+
+
+class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The `[gateway]` section: the model gateway process and who may call it."""
+
+    host: str = "0.0.0.0"
+    """Address `fieldbox serve gateway` binds to."""
+
+    port: Port = 8081
+    """Port `fieldbox serve gateway` listens on."""
+
+    require_key: bool = True
+    """Callers need a Bearer key with the `gateway` or `admin` scope."""
+
+    allow_networks: list[str] = msgspec.field(default_factory=list)
+    """CIDRs (a LAN range) whose callers need no key."""
+
+    force_open: bool = False
+    """Start even when the config lets anyone in (no key, no network restriction)."""
+
+    capture_prompts: bool = True
+    """Write prompts and answers to the telemetry spool; false keeps metadata only."""
+
+    max_body_bytes: Positive = 8 * 1024 * 1024
+    """Largest request body accepted (413 past it)."""
+
+    max_tokens_limit: Positive = 32768
+    """Largest `max_tokens` a client may ask for (400 past it)."""
+
+    tunnel: TunnelConfig = msgspec.field(default_factory=TunnelConfig)
+    """Tailscale tunnel access rules."""
+
+
+def check_gateway(gw: GatewayConfig) -> list[tuple[str, str]]:
+    """(dotted key, problem) for what types alone cannot catch: bad CIDRs, an open door."""
+    problems: list[tuple[str, str]] = []
+    for cidr in gw.allow_networks:
+        problems.extend(_cidr_problem("gateway.allow_networks", cidr))
+    for cidr in gw.tunnel.trusted_proxies:
+        problems.extend(_cidr_problem("gateway.tunnel.trusted_proxies", cidr))
+    if not gw.require_key and not gw.allow_networks and not gw.force_open:
+        problems.append(
+            (
+                "gateway.require_key",
+                "require_key = false with no allow_networks leaves the gateway open to anyone"
+                " who can reach it; set gateway.force_open = true if that is really meant",
+            )
+        )
+    return problems
+
+
+def check_inference(inf: InferenceConfig) -> list[tuple[str, str]]:
+    """(dotted key, problem): duplicate names, aliases naming models nobody serves."""
+    problems: list[tuple[str, str]] = []
+    names = [b.name for b in inf.backends]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(("inference.backends", f"backend name {dup!r} is used twice"))
+    served = {m for b in inf.backends for m in b.models} or {DEFAULT_MODEL}
+    for backend in inf.backends:
+        where = f"backend {backend.name!r}"
+        if isinstance(backend, LlamaCppBackend) and bool(backend.path) == bool(backend.slot):
+            problems.append(("inference.backends", f"{where}: give exactly one of path or slot"))
+        if not backend.models:
+            problems.append(("inference.backends", f"{where}: `models` is empty"))
+        if isinstance(backend, _Remote) and backend.api_key_env and backend.api_key_file:
+            problems.append(("inference.backends", f"{where}: both api_key_env and _file set"))
+    for alias, targets in inf.aliases.items():
+        key = f"inference.aliases.{alias}"
+        if alias in served:
+            problems.append((key, f"alias {alias!r} would shadow a served model"))
+        if not targets:
+            problems.append((key, f"alias {alias!r} names no model"))
+        for model in targets:
+            if model not in served:
+                problems.append((key, f"alias {alias!r}: no backend serves {model!r}"))
+    return problems
+
+
+def _cidr_problem(where: str, cidr: str) -> list[tuple[str, str]]:
+    try:
+        ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return [(where, f"{where}: {cidr!r} is not a CIDR")]
+    return []

@@ -1,0 +1,44 @@
+"""What both dialects' controllers need: the gateway, the caller, a checked request body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+
+from inference.backends.base import Json
+from inference.config import GatewayConfig
+from inference.service import Call, Gateway
+from inference.validation import decode_body, schema_of
+
+GATEWAY_ROUTE: dict[str, Any] = {"gateway": True}
+"""Route `opt` of every model route: the access rules apply."""
+
+
+def gateway_of(request: Request[Any, Any, Any]) -> Gateway:
+    """The app's gateway service."""
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def config_of(request: Request[Any, Any, Any]) -> GatewayConfig:
+    """The `[gateway]` config."""
+    cfg: GatewayConfig = request.app.state.config
+    return cfg
+
+
+async def body_of(request: Request[Any, Any, Any]) -> Json:
+    """The request's JSON object (RequestError if it is not one)."""
+    return decode_body(await request.body())
+
+
+def new_call(request: Request[Any, Any, Any], endpoint: str, dialect: str, body: Json) -> Call:
+    """A Call for this request, with the caller the access hook found."""
+    return Call(
+        caller=request.state.caller,
+        endpoint=endpoint,
+        dialect=dialect,
+        requested=str(body.get("model")),
+        stream=bool(body.get("stream")),
+        schema=schema_of(body) if endpoint != "embeddings" else None,
+    )

@@ -1,0 +1,313 @@
+"""One model call from admission to telemetry: pick a target, fall back, stream, record.
+
+Controllers parse and answer in their dialect; everything between (routing, limits, the
+breaker, metrics, the telemetry spool, schema checks) happens here, once for both dialects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+from inference.access import Caller
+from inference.backends.base import BackendError, Json, Kind, Reply
+from inference.limits import Saturated
+from inference.metrics import GatewayMetrics
+from inference.router import NoTarget, Router, Slot
+from inference.translate import chunk_text
+from inference.validation import answer_problem
+from store.telemetry import Spool
+
+T = TypeVar("T")
+
+
+@dataclass
+class Call:
+    """What one request asks for and on whose behalf."""
+
+    caller: Caller
+    endpoint: str
+    dialect: str
+    requested: str
+    stream: bool = False
+    schema: Json | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class StreamState:
+    """What a stream produced so far; read by the controller after the last chunk."""
+
+    backend: str = ""
+    model: str = ""
+    text: list[str] = field(default_factory=list)
+    usage: Json = field(default_factory=dict)
+    finish: str | None = None
+    error: str | None = None
+
+
+class Gateway:
+    """The service the controllers call."""
+
+    def __init__(
+        self, router: Router, metrics: GatewayMetrics, spool: Spool | None, capture: bool
+    ) -> None:
+        self.router = router
+        self.metrics = metrics
+        self.spool = spool
+        self.capture = capture
+        self.log = structlog.get_logger("fieldbox.gateway")
+
+    # --- admission and fallback -----------------------------------------------------
+
+    async def _admit(self, slot: Slot) -> None:
+        try:
+            await slot.limiter.acquire()
+        except Saturated:
+            slot.breaker.abandon()
+            self.metrics.child(self.metrics.rejected, "busy").inc()
+            raise
+        finally:
+            self._gauges(slot)
+
+    def _release(self, slot: Slot, seconds: float | None) -> None:
+        slot.limiter.release(seconds)
+        self._gauges(slot)
+
+    def _gauges(self, slot: Slot) -> None:
+        name = slot.backend.name
+        self.metrics.child(self.metrics.queue_depth, name).set(slot.limiter.waiting)
+        self.metrics.child(self.metrics.in_flight, name).set(slot.limiter.active)
+
+    async def _first_working(
+        self, call: Call, needs: tuple[str, ...], attempt: Callable[[Slot, str], Awaitable[T]]
+    ) -> tuple[Slot, str, T]:
+        """Run `attempt` on each usable target in turn until one works; the slot stays held."""
+        tried: list[str] = []
+        for slot, model in self.router.candidates(call.requested, needs):
+            if not slot.breaker.allows():
+                continue
+            await self._admit(slot)
+            try:
+                result = await attempt(slot, model)
+            except BackendError as exc:
+                self._release(slot, None)
+                self._failed(call, slot, exc)
+                if not exc.retryable:
+                    raise
+                tried.append(f"{slot.backend.name}: {exc.message}")
+                continue
+            except BaseException:
+                self._release(slot, None)
+                raise
+            slot.breaker.success()
+            return slot, model, result
+        if tried:
+            raise BackendError(502, "every backend failed: " + "; ".join(tried), retryable=False)
+        raise NoTarget(f"every backend for {call.requested!r} is out of rotation; retry soon")
+
+    def _failed(self, call: Call, slot: Slot, exc: BackendError) -> None:
+        if exc.retryable:
+            slot.breaker.failure()
+        reason = "upstream" if exc.retryable else f"status_{exc.status}"
+        self.metrics.child(self.metrics.errors, slot.backend.name, call.requested, reason).inc()
+        self.log.warning(
+            "backend_call_failed",
+            backend=slot.backend.name,
+            model=call.requested,
+            status=exc.status,
+            retryable=exc.retryable,
+            error=exc.message,
+        )
+
+    # --- the three kinds of call ----------------------------------------------------
+
+    async def generate(self, call: Call, kind: Kind, body: Json) -> tuple[Reply, str]:
+        """A whole answer (non-streamed); returns it and the backend's name."""
+        needs = _needs(kind, body, call.schema)
+
+        async def attempt(slot: Slot, model: str) -> Reply:
+            reply = await slot.backend.generate(kind, {**body, "model": model})
+            if call.schema is not None:
+                self._check_answer(call.schema, kind, reply.body)
+            return reply
+
+        slot, model, reply = await self._first_working(call, needs, attempt)
+        seconds = time.perf_counter() - call.started
+        self._release(slot, seconds)
+        usage = reply.body.get("usage") or {}
+        text = _reply_text(kind, reply.body) if self.capture else None
+        self._done(call, slot.backend.name, model, body, usage, seconds, None, text, None)
+        return reply, slot.backend.name
+
+    def _check_answer(self, schema: Json, kind: Kind, body: Json) -> None:
+        choice = (body.get("choices") or [{}])[0]
+        if choice.get("finish_reason") == "length":
+            return  # cut short by max_tokens: the client sees why
+        problem = answer_problem(schema, _reply_text(kind, body))
+        if problem:
+            raise BackendError(502, problem, retryable=True)
+
+    async def open_stream(
+        self, call: Call, kind: Kind, body: Json
+    ) -> tuple[StreamState, AsyncIterator[Json]]:
+        """Start a stream; fall back until a target yields its first chunk."""
+        needs = _needs(kind, body, call.schema)
+        state = StreamState()
+
+        async def attempt(slot: Slot, model: str) -> tuple[AsyncIterator[Json], Json | None]:
+            chunks = slot.backend.stream(kind, {**body, "model": model, "stream": True})
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                first = None
+            return chunks, first
+
+        slot, model, (chunks, first) = await self._first_working(call, needs, attempt)
+        state.backend, state.model = slot.backend.name, model
+        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return state, self._relay(call, kind, body, slot, state, chunks, first, want_usage)
+
+    async def _relay(
+        self,
+        call: Call,
+        kind: Kind,
+        body: Json,
+        slot: Slot,
+        state: StreamState,
+        chunks: AsyncIterator[Json],
+        first: Json | None,
+        want_usage: bool,
+    ) -> AsyncIterator[Json]:
+        ttft: float | None = None
+        keep_text = self.capture or call.schema is not None
+        try:
+            pending = [first] if first is not None else []
+            while True:
+                if pending:
+                    chunk = pending.pop()
+                else:
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                if chunk.get("usage"):
+                    state.usage = chunk["usage"]
+                choices = chunk.get("choices") or []
+                if choices and choices[0].get("finish_reason"):
+                    state.finish = choices[0]["finish_reason"]
+                text = chunk_text(kind, chunk)
+                if text and ttft is None:
+                    ttft = time.perf_counter() - call.started
+                if text and keep_text:
+                    state.text.append(text)
+                if not choices and not want_usage:
+                    continue  # a usage-only chunk the client did not ask for
+                yield chunk
+            if call.schema is not None and state.finish != "length":
+                state.error = answer_problem(call.schema, "".join(state.text))
+        except BackendError as exc:
+            # Bytes already went out: no fallback now; the client gets an error event.
+            state.error = exc.message
+            slot.breaker.failure()
+            self.log.warning("stream_broken", backend=slot.backend.name, error=exc.message)
+        finally:
+            seconds = time.perf_counter() - call.started
+            self._release(slot, seconds)
+            if ttft is not None:
+                self.metrics.child(self.metrics.ttft, slot.backend.name, call.requested).observe(
+                    ttft
+                )
+            captured = "".join(state.text) if self.capture else None
+            self._done(
+                call,
+                slot.backend.name,
+                state.model,
+                body,
+                state.usage,
+                seconds,
+                ttft,
+                captured,
+                state.error,
+            )
+
+    async def embed(self, call: Call, body: Json) -> tuple[Json, str]:
+        """Embeddings; returns the answer and the backend's name."""
+
+        async def attempt(slot: Slot, model: str) -> Json:
+            return await slot.backend.embed({**body, "model": model})
+
+        slot, model, reply = await self._first_working(call, ("embeddings",), attempt)
+        seconds = time.perf_counter() - call.started
+        self._release(slot, seconds)
+        self._done(call, slot.backend.name, model, body, reply.get("usage") or {}, seconds)
+        return reply, slot.backend.name
+
+    # --- bookkeeping ------------------------------------------------------------------
+
+    def _done(
+        self,
+        call: Call,
+        backend: str,
+        model: str,
+        body: Json,
+        usage: Json,
+        seconds: float,
+        ttft: float | None = None,
+        text: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        m, alias = self.metrics, call.requested
+        m.child(m.requests, backend, alias, call.endpoint).inc()
+        m.child(m.latency, backend, alias).observe(seconds)
+        tokens_in = int(usage.get("prompt_tokens") or 0)
+        tokens_out = int(usage.get("completion_tokens") or 0)
+        m.child(m.tokens, backend, alias, "in").inc(tokens_in)
+        m.child(m.tokens, backend, alias, "out").inc(tokens_out)
+        if error:
+            m.child(m.errors, backend, alias, "stream").inc()
+        if self.spool is None:
+            return
+        record: dict[str, Any] = {
+            "ts": time.time(),
+            "request_id": structlog.contextvars.get_contextvars().get("request_id"),
+            "caller": call.caller.name,
+            "via": call.caller.via,
+            "endpoint": call.endpoint,
+            "dialect": call.dialect,
+            "alias": alias,
+            "backend": backend,
+            "model": model,
+            "stream": call.stream,
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+            "latency_ms": round(seconds * 1000, 3),
+            "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
+            "error": error,
+        }
+        if self.capture:
+            record["request"] = {
+                k: body[k] for k in ("messages", "prompt", "input", "tools") if k in body
+            }
+            record["response"] = text
+        self.spool.append(record)
+
+
+def _needs(kind: Kind, body: Json, schema: Json | None) -> tuple[str, ...]:
+    needs: list[str] = [kind]
+    if schema is not None:
+        needs.append("json_schema")
+    if body.get("tools"):
+        needs.append("tools")
+    return tuple(needs)
+
+
+def _reply_text(kind: Kind, body: Json) -> str:
+    choice = (body.get("choices") or [{}])[0]
+    if kind == "chat":
+        return str((choice.get("message") or {}).get("content") or "")
+    return str(choice.get("text") or "")
