@@ -130,12 +130,15 @@ def serve_gateway(ctx: Context, host: str | None, port: int | None) -> None:
     "--host", default="127.0.0.1", show_default=True, help="Bind address of every process."
 )
 @click.option("--api-port", default=None, type=int, help="Port of the field API.")
+@click.option("--gateway-port", default=None, type=int, help="Port of the model gateway.")
 @pass_ctx
-def up(ctx: Context, host: str, api_port: int | None) -> None:
+def up(ctx: Context, host: str, api_port: int | None, gateway_port: int | None) -> None:
     """Run every process in one tree (laptop or small box); Ctrl-C stops them all."""
     from appliance.supervisor import run_up
 
-    sys.exit(run_up(ctx.cfg, ctx.config_path, host=host, api_port=api_port))
+    sys.exit(
+        run_up(ctx.cfg, ctx.config_path, host=host, api_port=api_port, gateway_port=gateway_port)
+    )
 
 
 @main.group()

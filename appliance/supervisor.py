@@ -75,7 +75,12 @@ def first_admin_token(cfg: FieldboxConfig) -> str | None:
 
 
 def run_up(
-    cfg: FieldboxConfig, config_path: Path | None, *, host: str, api_port: int | None
+    cfg: FieldboxConfig,
+    config_path: Path | None,
+    *,
+    host: str,
+    api_port: int | None,
+    gateway_port: int | None = None,
 ) -> int:
     """Run the process tree until SIGINT/SIGTERM; return the exit code."""
     stop = threading.Event()
@@ -91,19 +96,26 @@ def run_up(
     if config_path is not None:
         base += ["--config", str(config_path)]
     port = api_port or cfg.api.port
+    gw_port = gateway_port or cfg.gateway.port
     children = [
         Child(
             "api",
             [*base, "serve", "api", "--host", host, "--port", str(port)],
             f"http://{_client_host(host)}:{port}/health",
         ),
+        Child(
+            "gateway",
+            [*base, "serve", "gateway", "--host", host, "--port", str(gw_port)],
+            f"http://{_client_host(host)}:{gw_port}/health",
+        ),
     ]
     token = first_admin_token(cfg)
     for child in children:
         child.start(env)
-    if _wait_healthy(children[0].health_url, 60, stop):
+    if all(_wait_healthy(c.health_url, 60, stop) for c in children):
         url = f"http://{_client_host(host)}:{port}"
         print(f"fieldbox is up: field API {url}  (API docs {url}/schema)", flush=True)
+        print(f"model gateway: http://{_client_host(host)}:{gw_port}/v1", flush=True)
         print(f"data: {cfg.data_dir}", flush=True)
         if token:
             print(f"admin token (shown once, keep it): {token}", flush=True)

@@ -70,23 +70,26 @@ def free_port() -> int:
 
 
 class Server:
-    """A real `fieldbox serve api` process on a free port."""
+    """A real `fieldbox serve api` (or `serve gateway`) process on a free port."""
 
-    def __init__(self, data_dir: Path, config_path: Path | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, config_path: Path | None = None, process: str = "api"
+    ) -> None:
         self.data_dir = data_dir
         self.config_path = config_path
+        self.process = process
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir.parent / f"api-{self.port}.log"
+        self.log_path = data_dir.parent / f"{process}-{self.port}.log"
 
-    def start(self, timeout: float = 30) -> Server:
+    def start(self, timeout: float = 60) -> Server:
         """Start and wait until /health answers."""
         env = {**os.environ, "FIELDBOX_DATA": str(self.data_dir)}
         argv = [sys.executable, "-m", "appliance"]
         if self.config_path is not None:
             argv += ["--config", str(self.config_path)]
-        argv += ["serve", "api", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv += ["serve", self.process, "--host", "127.0.0.1", "--port", str(self.port)]
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT
@@ -94,13 +97,13 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"api exited: {self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"{self.process} exited: {self.log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)
-        raise RuntimeError("api did not become healthy")
+        raise RuntimeError(f"{self.process} did not become healthy")
 
     def kill(self) -> None:
         """SIGKILL: the crash case."""
