@@ -199,6 +199,39 @@ def keys_revoke(ctx: Context, key_id: str) -> None:
 
 
 @main.group()
+def models() -> None:
+    """Model slots: `models/{slot}/{version}/` under the data root."""
+
+
+@models.command("list")
+@pass_ctx
+def models_list(ctx: Context) -> None:
+    """Every slot, its versions and what `latest` points at."""
+    from inference.slots import list_slots
+    from store.paths import Layout
+
+    for slot, info in list_slots(Layout(ctx.cfg.data_dir).models_dir).items():
+        versions = ", ".join(info["versions"])
+        click.echo(f"{slot}\tlatest={info['latest'] or '-'}\t{versions}")
+
+
+@models.command("use")
+@click.argument("slot")
+@click.argument("version")
+@pass_ctx
+def models_use(ctx: Context, slot: str, version: str) -> None:
+    """Point a slot's `latest` at VERSION (restart the gateway to load it)."""
+    from inference.slots import SlotError, set_latest
+    from store.paths import Layout
+
+    try:
+        set_latest(Layout(ctx.cfg.data_dir).models_dir, slot, version)
+    except SlotError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{slot}: latest = {version}")
+
+
+@main.group()
 def uploads() -> None:
     """Resumable uploads in flight."""
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -79,9 +80,9 @@ def set_latest(models_dir: Path, slot: str, version: str) -> None:
         os.close(dir_fd)
 
 
-def list_slots(models_dir: Path) -> dict[str, dict[str, object]]:
+def list_slots(models_dir: Path) -> dict[str, dict[str, Any]]:
     """Every slot: its versions and what `latest` resolves to (for `/v1/backends`)."""
-    out: dict[str, dict[str, object]] = {}
+    out: dict[str, dict[str, Any]] = {}
     if not models_dir.is_dir():
         return out
     for folder in sorted(p for p in models_dir.iterdir() if p.is_dir()):
