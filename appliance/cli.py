@@ -122,6 +122,7 @@ def serve_gateway(ctx: Context, host: str | None, port: int | None) -> None:
         host=host or cfg.gateway.host,
         port=port or cfg.gateway.port,
         stopping=threading.Event(),
+        loop="uvloop",
     )
 
 

@@ -22,7 +22,9 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(app: Any, *, host: str, port: int, stopping: threading.Event) -> None:
+def serve(
+    app: Any, *, host: str, port: int, stopping: threading.Event, loop: str = "asyncio"
+) -> None:
     """Serve `app` until a signal; in-flight requests get 10 s to finish."""
     config = uvicorn.Config(
         app,
@@ -34,8 +36,9 @@ def serve(app: Any, *, host: str, port: int, stopping: threading.Event) -> None:
         # The box is reached directly on the LAN, not through a proxy: trust no X-Forwarded-*.
         proxy_headers=False,
         server_header=False,
-        # Measured (bench/bench_api.py): the stdlib loop gave more CAS writes/s than uvloop
-        # here, as it releases the GIL around socket calls and the commit thread gets in.
-        loop="asyncio",
+        # Measured: the api's stdlib loop gave more CAS writes/s than uvloop (bench_api.py),
+        # as it releases the GIL around socket calls and the commit thread gets in; the
+        # gateway, all sockets and no SQLite writes, is faster on uvloop.
+        loop=loop,
     )
     _Server(config, stopping).run()
