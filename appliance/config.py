@@ -7,7 +7,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 import msgspec
 
@@ -179,8 +179,25 @@ def _check(
         try:
             msgspec.convert(value, hint)
         except msgspec.ValidationError as exc:
-            problems.append(ConfigProblem(line, f"{dotted}: {exc}"))
+            # `... - at $[2].type`: point at the array element's own table.
+            at = re.search(r"\$\[(\d+)\](?:\.(\w+))?", str(exc))
+            if at:
+                line = _line_of(lines, f"{dotted}[{at.group(1)}].{at.group(2) or ''}".rstrip("."))
+            problems.append(ConfigProblem(line, f"{dotted}: {exc}{_tag_hint(hint, str(exc))}"))
     return problems
+
+
+def _tag_hint(hint: Any, message: str) -> str:
+    """For a tagged union (`type = ...`), the tags it knows, to append to an error."""
+    if ".type`" not in message and "`type`" not in message:
+        return ""
+    tags: list[str] = []
+    for arg in get_args(hint):
+        for member in get_args(arg) or (arg,):
+            config = getattr(member, "__struct_config__", None)
+            if config is not None and isinstance(config.tag, str):
+                tags.append(config.tag)
+    return f" (known types: {', '.join(tags)})" if tags else ""
 
 
 _HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\" ]+?)\s*\]\]?\s*(#.*)?$")
@@ -191,11 +208,18 @@ def _key_lines(text: str) -> dict[str, int]:
     """Map each dotted key (and table) to the line it is defined on."""
     found: dict[str, int] = {}
     table: tuple[str, ...] = ()
+    counts: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         header = _HEADER.match(line)
         if header:
             table = tuple(p.strip().strip('"') for p in header.group(1).split("."))
             found.setdefault(".".join(table), number)
+            if line.lstrip().startswith("[["):
+                # An array of tables: each element is `name[i]`, keys inside `name[i].key`.
+                name = ".".join(table)
+                index = counts[name] = counts.get(name, -1) + 1
+                table = (*table[:-1], f"{table[-1]}[{index}]")
+                found[".".join(table)] = number
             continue
         assign = _ASSIGN.match(line)
         if assign:

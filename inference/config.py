@@ -157,17 +157,19 @@ def check_inference(inf: InferenceConfig) -> list[tuple[str, str]]:
     """(dotted key, problem): duplicate names, aliases naming models nobody serves."""
     problems: list[tuple[str, str]] = []
     names = [b.name for b in inf.backends]
-    for dup in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(("inference.backends", f"backend name {dup!r} is used twice"))
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            key = f"inference.backends[{i}].name"
+            problems.append((key, f"backend name {name!r} is used twice"))
     served = {m for b in inf.backends for m in b.models} or {DEFAULT_MODEL}
-    for backend in inf.backends:
-        where = f"backend {backend.name!r}"
+    for i, backend in enumerate(inf.backends):
+        where, key = f"backend {backend.name!r}", f"inference.backends[{i}]"
         if isinstance(backend, LlamaCppBackend) and bool(backend.path) == bool(backend.slot):
-            problems.append(("inference.backends", f"{where}: give exactly one of path or slot"))
+            problems.append((key, f"{where}: give exactly one of path or slot"))
         if not backend.models:
-            problems.append(("inference.backends", f"{where}: `models` is empty"))
+            problems.append((f"{key}.models", f"{where}: `models` is empty"))
         if isinstance(backend, _Remote) and backend.api_key_env and backend.api_key_file:
-            problems.append(("inference.backends", f"{where}: both api_key_env and _file set"))
+            problems.append((key, f"{where}: both api_key_env and api_key_file are set"))
     for alias, targets in inf.aliases.items():
         key = f"inference.aliases.{alias}"
         if alias in served:

@@ -60,7 +60,8 @@ def decode_body(raw: bytes) -> Json:
     return body
 
 
-def _common(body: Json, max_tokens_limit: int) -> None:
+def check_forbidden(body: Json) -> None:
+    """Refuse any field through which a client could pick an upstream or credentials."""
     bad = sorted(FORBIDDEN_FIELDS.intersection(body))
     if bad:
         raise RequestError(
@@ -68,6 +69,10 @@ def _common(body: Json, max_tokens_limit: int) -> None:
             " box's config, never from a request",
             param=bad[0],
         )
+
+
+def _common(body: Json, max_tokens_limit: int) -> None:
+    check_forbidden(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError("model is required and must be a string", param="model")

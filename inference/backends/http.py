@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,10 @@ class HttpBackend(Backend):
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Health(False, f"unreachable: {type(exc).__name__}")
 
+    def redact(self, text: str) -> str:
+        """`text` with the upstream key blanked: upstreams may echo it in their errors."""
+        return text.replace(self._key, "[redacted]") if self._key else text
+
     def health_url(self) -> str:
         """Where the health probe goes."""
         return self.base + self.health_path
@@ -102,7 +106,7 @@ class HttpBackend(Backend):
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 300:
-                    raise upstream_error(resp.status, raw)
+                    raise upstream_error(resp.status, raw, self.redact)
         except (aiohttp.ClientError, OSError) as exc:
             raise BackendError(502, f"{self.name}: {type(exc).__name__}", retryable=True) from exc
         except TimeoutError as exc:
@@ -123,7 +127,7 @@ class HttpBackend(Backend):
                 self.base + path, data=_encode(body), headers={"Content-Type": "application/json"}
             ) as resp:
                 if resp.status >= 300:
-                    raise upstream_error(resp.status, await resp.read())
+                    raise upstream_error(resp.status, await resp.read(), self.redact)
                 async for line in resp.content:
                     line = line.strip()
                     if line:
@@ -143,9 +147,16 @@ class HttpBackend(Backend):
         return {**super().describe(), "url": self.base}
 
 
-def upstream_error(status: int, raw: bytes) -> BackendError:
-    """An upstream error answer → BackendError; 5xx and 429 may go to another target."""
-    message = _error_message(raw) or f"upstream answered {status}"
+def upstream_error(status: int, raw: bytes, redact: Callable[[str], str]) -> BackendError:
+    """An upstream error answer → BackendError; 5xx and 429 may go to another target.
+
+    401/403 from an upstream are about the box's credentials, not the caller's: a 502.
+    """
+    message = redact(_error_message(raw)) or f"upstream answered {status}"
+    if status in (401, 403):
+        return BackendError(
+            502, f"upstream refused this box's credentials ({status})", retryable=True
+        )
     if status >= 500 or status == 429:
         return BackendError(502, f"upstream error {status}: {message}", retryable=True)
     return BackendError(status, message, retryable=False)

@@ -230,8 +230,20 @@ def _has_content(kind: Kind, chunk: Json) -> bool:
 
 
 def _prompt_tokens(llm: Any, kind: Kind, body: Json) -> int:
-    # llama-cpp-python's stream carries no usage; the prompt is counted the cheap way.
+    # llama-cpp-python's stream carries no usage: count the prompt as the model saw it,
+    # through the model's own chat template (as the non-streamed path counts it).
     if kind == "completion":
         return len(llm.tokenize(str(body.get("prompt", "")).encode(), add_bos=True))
+    template = llm.metadata.get("tokenizer.chat_template")
+    if template:
+        from llama_cpp import llama_chat_format
+
+        formatter = llama_chat_format.Jinja2ChatFormatter(
+            template=template,
+            eos_token=llm._model.token_get_text(llm.token_eos()),
+            bos_token=llm._model.token_get_text(llm.token_bos()),
+        )
+        prompt = formatter(messages=body["messages"]).prompt
+        return len(llm.tokenize(prompt.encode(), add_bos=False, special=True))
     text = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
     return len(llm.tokenize(text.encode(), add_bos=True))

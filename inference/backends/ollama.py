@@ -41,7 +41,8 @@ class OllamaBackend(HttpBackend):
             except msgspec.DecodeError as exc:
                 raise BackendError(502, f"{self.name}: bad stream line", retryable=False) from exc
             if isinstance(data, dict) and "error" in data:
-                raise BackendError(502, f"{self.name}: {data['error']}", retryable=False)
+                message = self.redact(str(data["error"]))
+                raise BackendError(502, f"{self.name}: {message}", retryable=False)
             yield translate.from_ollama_native_chunk(kind, data, reply_id)
 
     async def embed(self, body: Json) -> Json:

@@ -47,7 +47,7 @@ class OpenAICompatBackend(HttpBackend):
             if isinstance(chunk, dict) and "error" in chunk:
                 err = chunk["error"]
                 message = err.get("message", "") if isinstance(err, dict) else str(err)
-                raise BackendError(502, f"{self.name}: {message}", retryable=False)
+                raise BackendError(502, f"{self.name}: {self.redact(message)}", retryable=False)
             yield chunk
 
     async def embed(self, body: Json) -> Json:

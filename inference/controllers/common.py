@@ -9,7 +9,7 @@ from litestar import Request
 from inference.backends.base import Json
 from inference.config import GatewayConfig
 from inference.service import Call, Gateway
-from inference.validation import decode_body, schema_of
+from inference.validation import check_forbidden, decode_body, schema_of
 
 GATEWAY_ROUTE: dict[str, Any] = {"gateway": True}
 """Route `opt` of every model route: the access rules apply."""
@@ -28,8 +28,13 @@ def config_of(request: Request[Any, Any, Any]) -> GatewayConfig:
 
 
 async def body_of(request: Request[Any, Any, Any]) -> Json:
-    """The request's JSON object (RequestError if it is not one)."""
-    return decode_body(await request.body())
+    """The request's JSON object (RequestError if it is not one, or names an upstream).
+
+    Checked before any dialect translation, which would drop unknown fields silently.
+    """
+    body = decode_body(await request.body())
+    check_forbidden(body)
+    return body
 
 
 def new_call(request: Request[Any, Any, Any], endpoint: str, dialect: str, body: Json) -> Call:

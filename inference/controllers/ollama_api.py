@@ -15,7 +15,7 @@ from inference import __version__, translate
 from inference.backends.base import Json, Kind
 from inference.controllers.common import GATEWAY_ROUTE, body_of, config_of, gateway_of, new_call
 from inference.service import StreamState
-from inference.validation import check_chat, check_completion, check_embeddings
+from inference.validation import RequestError, check_chat, check_completion, check_embeddings
 
 _encode = msgspec.json.Encoder().encode
 _EPOCH = "1970-01-01T00:00:00Z"
@@ -61,8 +61,9 @@ class OllamaController(Controller):
         """What a name is: the backends and models behind it."""
         body = await body_of(request)
         name = body.get("model") or body.get("name")
-        router = gateway_of(request).router
-        targets = router.targets(str(name) if name else "")
+        if not isinstance(name, str) or not name:
+            raise RequestError("model is required", param="model")
+        targets = gateway_of(request).router.targets(name)
         caps = targets[0][0].backend.capabilities
         return {
             "modelfile": "",

@@ -256,3 +256,146 @@ def test_invalid_config_stops_commands(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert "line 2:" in result.stderr
     assert not (tmp_path / "d" / "keys.db").exists()
+
+
+# --- the [inference] and [gateway] sections ------------------------------------------------
+
+GOOD_INFERENCE = """\
+[[inference.backends]]
+name = "local"
+type = "llamacpp"
+path = "/var/lib/fieldbox/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+models = ["smollm2-135m"]
+max_concurrency = 1
+
+[[inference.backends]]
+name = "gpu"
+type = "vllm"
+url = "http://10.0.0.5:8000/v1"
+models = ["Qwen/Qwen2.5-7B-Instruct"]
+max_concurrency = 16
+
+[[inference.backends]]
+name = "mac"
+type = "mlx"
+url = "http://10.0.0.6:8080/v1"
+models = ["mlx-community/Llama-3.2-3B-Instruct-4bit"]
+max_concurrency = 2
+
+[[inference.backends]]
+name = "ollama"
+type = "ollama"
+url = "http://10.0.0.7:11434"
+models = ["llama3.2:3b"]
+
+[[inference.backends]]
+name = "cloud"
+type = "openai"
+url = "https://api.openai.com/v1"
+api_key_env = "OPENAI_API_KEY"
+models = ["gpt-4o-mini"]
+max_concurrency = 4
+
+[inference.aliases]
+chat-default = ["Qwen/Qwen2.5-7B-Instruct", "smollm2-135m"]
+fallback = ["gpt-4o-mini"]
+
+[gateway]
+port = 8081
+allow_networks = ["192.168.10.0/24"]
+"""
+
+
+def test_multi_backend_config_loads(tmp_path: Path) -> None:
+    """Backends of every type, with aliases across them, load and pass check-config."""
+    from inference.config import LlamaCppBackend, OpenAIBackend, VllmBackend
+
+    cfg = parse_config(GOOD_INFERENCE)
+    backends = cfg.inference.backends
+    assert [(b.name, type(b).__name__) for b in backends] == [
+        ("local", "LlamaCppBackend"),
+        ("gpu", "VllmBackend"),
+        ("mac", "MlxBackend"),
+        ("ollama", "OllamaBackend"),
+        ("cloud", "OpenAIBackend"),
+    ]
+    assert isinstance(backends[0], LlamaCppBackend) and backends[0].max_concurrency == 1
+    assert isinstance(backends[1], VllmBackend) and backends[1].max_concurrency == 16
+    assert backends[1].url == "http://10.0.0.5:8000/v1"
+    assert isinstance(backends[4], OpenAIBackend) and backends[4].api_key_env == "OPENAI_API_KEY"
+    assert cfg.inference.aliases == {
+        "chat-default": ["Qwen/Qwen2.5-7B-Instruct", "smollm2-135m"],
+        "fallback": ["gpt-4o-mini"],
+    }
+    assert cfg.gateway.allow_networks == ["192.168.10.0/24"]
+    conf = tmp_path / "box.toml"
+    conf.write_text(GOOD_INFERENCE)
+    result = _cli(["check-config", str(conf)])
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.output
+
+
+def _check_config_lines(tmp_path: Path, text: str) -> list[str]:
+    conf = tmp_path / "box.toml"
+    conf.write_text(text)
+    result = _cli(["check-config", str(conf)])
+    assert result.exit_code == 1, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert all(ln.startswith(f"{conf}: line ") for ln in lines), lines
+    return lines
+
+
+def test_check_config_reports_an_open_gateway(tmp_path: Path) -> None:
+    """`require_key = false` with no allow_networks and no force_open is refused, at its line."""
+    (line,) = _check_config_lines(tmp_path, "[api]\nport = 8080\n[gateway]\nrequire_key = false\n")
+    assert "line 4:" in line
+    assert "open to anyone" in line and "force_open" in line
+    for fix in ('allow_networks = ["10.0.0.0/8"]', "force_open = true"):
+        assert parse_config(f"[gateway]\nrequire_key = false\n{fix}\n").gateway.require_key is False
+
+
+def test_check_config_reports_an_alias_nobody_serves(tmp_path: Path) -> None:
+    """An alias naming a model no backend serves is reported at the alias's line."""
+    text = GOOD_INFERENCE.replace('fallback = ["gpt-4o-mini"]', 'fallback = ["gpt-5-huge"]')
+    (line,) = _check_config_lines(tmp_path, text)
+    number = text.splitlines().index('fallback = ["gpt-5-huge"]') + 1
+    assert f"line {number}:" in line
+    assert "'fallback'" in line and "'gpt-5-huge'" in line
+    # With no backends configured, only the embedded default is served.
+    (line,) = _check_config_lines(tmp_path, '\n[inference.aliases]\nfast = ["qwen"]\n')
+    assert "line 3:" in line and "'qwen'" in line
+
+
+def test_check_config_reports_a_duplicate_backend_name(tmp_path: Path) -> None:
+    """Two backends with one name are an error naming the name, with a line number."""
+    text = GOOD_INFERENCE.replace('name = "mac"', 'name = "gpu"')
+    (line,) = _check_config_lines(tmp_path, text)
+    assert re.search(r"line [1-9]\d*:", line)
+    assert "'gpu'" in line and "twice" in line
+
+
+def test_check_config_reports_an_unknown_backend_type(tmp_path: Path) -> None:
+    """A backend `type` that does not exist is reported at its line, naming the known types."""
+    text = (
+        '[[inference.backends]]\nname = "tgi"\ntype = "tgi"\nurl = "http://x/v1"\nmodels = ["m"]\n'
+    )
+    (line,) = _check_config_lines(tmp_path, text)
+    assert "line 3:" in line
+    assert "'tgi'" in line and "type" in line and "vllm" in line
+    (line,) = _check_config_lines(tmp_path, text.replace('type = "tgi"\n', ""))
+    assert "line 1:" in line and "type" in line
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [('name = "mac"', 'name = "gpu"'), ('type = "mlx"', 'type = "tgi"')],
+    ids=["duplicate-name", "unknown-type"],
+)
+def test_backend_problems_point_at_their_own_table(tmp_path: Path, old: str, new: str) -> None:
+    """A problem in the third backend is reported at a line of the third backend's table."""
+    text = GOOD_INFERENCE.replace(old, new)
+    lines = text.splitlines()
+    start = [i for i, ln in enumerate(lines, 1) if ln == "[[inference.backends]]"][2]
+    (line,) = _check_config_lines(tmp_path, text)
+    number = int(line.split("line ", 1)[1].split(":", 1)[0])
+    assert start <= number < start + 6, line

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from tests.conftest import ROOT, free_port
@@ -28,11 +29,21 @@ class Up:
     def __init__(self, data_dir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.gateway_port = free_port()
+        self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
         env = {k: v for k, v in os.environ.items() if k != "FIELDBOX_CONFIG"}
         env["FIELDBOX_DATA"] = str(data_dir)
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
-            [*_UP, "--api-port", str(self.port), "--host", "127.0.0.1"],
+            [
+                *_UP,
+                "--api-port",
+                str(self.port),
+                "--gateway-port",
+                str(self.gateway_port),
+                "--host",
+                "127.0.0.1",
+            ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -83,6 +94,18 @@ class Up:
         """The pid of the api child, as its /metrics reports it."""
         return int(httpx.get(self.url + "/metrics", timeout=5).headers["x-pid"])
 
+    def child_pid(self, process: str) -> int:
+        """The pid of the `fieldbox serve {process}` child, found through /proc."""
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.proc.pid and b"serve" in argv and process.encode() in argv:
+                return int(stat.parent.name)
+        raise AssertionError(f"`up` has no {process} child")
+
     def kill(self) -> None:
         """Last-resort cleanup: SIGKILL the whole group."""
         if self.proc.poll() is None:
@@ -118,8 +141,9 @@ def ups() -> Iterator[list[Up]]:
 
 
 def _stop(up: Up, whole_group: bool) -> None:
-    """Ctrl-C (SIGINT), then expect exit 0 within 20 s and the api child gone."""
+    """Ctrl-C (SIGINT), then expect exit 0 within 20 s and both children gone."""
     child = up.api_pid()
+    gateway = up.child_pid("gateway")
     if whole_group:
         os.killpg(up.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     else:
@@ -136,8 +160,15 @@ def _stop(up: Up, whole_group: bool) -> None:
             break
         time.sleep(0.05)
     assert _gone(child), f"api child {child} outlived `up`"
+    for _ in range(100):
+        if _gone(gateway):
+            break
+        time.sleep(0.05)
+    assert _gone(gateway), f"gateway child {gateway} outlived `up`"
     with pytest.raises(httpx.TransportError):
         httpx.get(up.url + "/health", timeout=2)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(up.gateway_url + "/health", timeout=2)
 
 
 def test_up_prints_url_and_first_token_then_stops(data_dir: Path, ups: list[Up]) -> None:
@@ -166,3 +197,29 @@ def test_up_prints_url_and_first_token_then_stops(data_dir: Path, ups: list[Up])
     printed = "".join(again.lines)
     assert "admin token" not in printed
     assert not TOKEN.search(printed), "a second `up` printed another token"
+
+
+def test_up_answers_a_chat_through_the_gateway(data_dir: Path, ups: list[Up]) -> None:
+    """`up` prints the gateway's URL; the admin token it prints gets a chat completion from
+    the embedded model through the official openai client; Ctrl-C stops the gateway too."""
+    up = Up(data_dir)
+    ups.append(up)
+    up.wait_for("fieldbox is up")
+    gateway_line = up.wait_for("model gateway", timeout=10)
+    assert f"{up.gateway_url}/v1" in gateway_line
+    found = TOKEN.search(up.wait_for("admin token", timeout=10))
+    assert found is not None
+    client = openai.OpenAI(base_url=f"{up.gateway_url}/v1", api_key=found.group(0), max_retries=0)
+    assert [m.id for m in client.models.list()] == ["smollm2-135m"]
+    reply = client.chat.completions.create(
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert reply.choices[0].message.content and reply.choices[0].message.content.strip()
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(
+            base_url=f"{up.gateway_url}/v1", api_key="fbx_0_nope", max_retries=0
+        ).models.list()
+    _stop(up, whole_group=True)
