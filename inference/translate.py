@@ -23,6 +23,9 @@ class TranslationError(ValueError):
     """A request that cannot be expressed in the other dialect (a 400)."""
 
 
+# Sampling options with the same name in both dialects (Ollama keeps them in `options`).
+_SHARED_OPTIONS = ("temperature", "top_p", "seed", "stop", "presence_penalty", "frequency_penalty")
+
 # --- Ollama client → canonical -------------------------------------------------------
 
 
@@ -31,17 +34,7 @@ def _options_to_openai(options: Any) -> Json:
         return {}
     if not isinstance(options, dict):
         raise TranslationError("options must be an object")
-    out: Json = {}
-    for theirs, ours in (
-        ("temperature", "temperature"),
-        ("top_p", "top_p"),
-        ("seed", "seed"),
-        ("stop", "stop"),
-        ("presence_penalty", "presence_penalty"),
-        ("frequency_penalty", "frequency_penalty"),
-    ):
-        if theirs in options:
-            out[ours] = options[theirs]
+    out: Json = {name: options[name] for name in _SHARED_OPTIONS if name in options}
     predict = options.get("num_predict")
     if isinstance(predict, int) and predict > 0:
         out["max_tokens"] = predict
@@ -249,19 +242,10 @@ def _content_text(content: Any) -> str:
 
 def to_ollama_native(kind: Kind, body: Json, keep_alive: str) -> tuple[str, Json]:
     """A canonical request → (path, body) for an Ollama server's native API."""
-    options: Json = {}
-    for ours, theirs in (
-        ("temperature", "temperature"),
-        ("top_p", "top_p"),
-        ("seed", "seed"),
-        ("stop", "stop"),
-        ("presence_penalty", "presence_penalty"),
-        ("frequency_penalty", "frequency_penalty"),
-        ("max_tokens", "num_predict"),
-        ("max_completion_tokens", "num_predict"),
-    ):
-        if body.get(ours) is not None:
-            options[theirs] = body[ours]
+    options: Json = {name: body[name] for name in _SHARED_OPTIONS if body.get(name) is not None}
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if limit is not None:
+        options["num_predict"] = limit
     out: Json = {
         "model": body["model"],
         "stream": bool(body.get("stream")),
