@@ -45,3 +45,22 @@ crash-soak: install
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+# Model gateway bench: fieldbox's gateway next to a direct call and LiteLLM's proxy.
+# LiteLLM lives in a venv of its own; if it cannot be installed the bench runs without it
+# and says so.
+.PHONY: bench-gateway bench-gateway-quick
+LITELLM_VENV := .bench-litellm
+LITELLM_STAMP := $(LITELLM_VENV)/.installed
+
+$(LITELLM_STAMP): bench/litellm-requirements.txt
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet -r bench/litellm-requirements.txt \
+	  && touch $(LITELLM_STAMP) \
+	  || echo "LiteLLM could not be installed; the bench runs without it" >&2
+
+bench-gateway: install $(LITELLM_STAMP)
+	$(BIN)/python bench/bench_gateway.py --litellm-venv $(LITELLM_VENV)
+
+bench-gateway-quick: install $(LITELLM_STAMP)
+	$(BIN)/python bench/bench_gateway.py --quick --litellm-venv $(LITELLM_VENV)
