@@ -162,15 +162,25 @@ class RequestObserver:
         self.app = app
         self.metrics = metrics
         self.log = structlog.get_logger("fieldbox.http")
+        self._prefix = secrets.token_hex(4)
+        self._counter = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Handle one ASGI connection."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else secrets.token_hex(8)
+        incoming = ""
+        for name, value in scope.get("headers") or ():
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+                break
+        if _SAFE_REQUEST_ID.match(incoming):
+            request_id = incoming
+        else:
+            # A random per-process prefix and a counter: unique, with no syscall per request.
+            self._counter += 1
+            request_id = f"{self._prefix}{self._counter:08x}"
         clear_contextvars()
         bind_contextvars(request_id=request_id)
         status = 500

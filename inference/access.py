@@ -59,14 +59,16 @@ class Access:
 
     async def check(self, peer: str, headers: Mapping[str, str]) -> Caller:
         """The caller, or Denied."""
-        trusted = _inside(peer, self.proxies)
         identity = any(h in headers for h in _IDENTITY)
         funnel = _FUNNEL in headers
+        forwarded = "x-forwarded-for" in headers
+        # Parsing the peer address costs more than the rest: only when a proxy matters.
+        trusted = (identity or funnel or forwarded) and _inside(peer, self.proxies)
         if (identity or funnel) and not trusted:
             raise Denied(403, "Tailscale identity headers are only believed from a trusted proxy")
         if funnel and not self.gw.tunnel.allow_funnel:
             raise Denied(403, "requests from the public internet (Funnel) are not allowed")
-        if trusted and not funnel and (identity or "x-forwarded-for" in headers):
+        if trusted and not funnel and (identity or forwarded):
             return await self._tunnel(headers, identity)
         authorization = headers.get("authorization")
         if authorization is not None:

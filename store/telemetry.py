@@ -43,15 +43,18 @@ class Spool:
         self._size = 0
         self._rotation = 0
         self._last_sync = time.monotonic()
+        self._hour_ends = 0.0  # the wall-clock second the current hour's file is done
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record as one line."""
         line = _encoder.encode(record) + b"\n"
         now = time.time()
         with self._lock:
-            hour = time.strftime("%Y-%m-%d/%H", time.gmtime(now))
-            if self._fd is None or hour != self._hour or self._size >= self.max_file_bytes:
-                self._open(hour)
+            if now >= self._hour_ends:
+                self._open(time.strftime("%Y-%m-%d/%H", time.gmtime(now)))
+                self._hour_ends = (now // 3600 + 1) * 3600
+            elif self._fd is None or self._size >= self.max_file_bytes:
+                self._open(self._hour)
             assert self._fd is not None
             os.write(self._fd, line)
             self._size += len(line)

@@ -54,7 +54,9 @@ class HttpBackend(Backend):
         self._key = upstream_key(self.cfg)
         if (self.cfg.api_key_env or self.cfg.api_key_file) and self._key is None:
             self.disabled_reason = "its API key is not available"
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
         self._session = aiohttp.ClientSession(
             headers=headers,
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
@@ -101,9 +103,7 @@ class HttpBackend(Backend):
     async def post_json(self, path: str, body: Json) -> tuple[Json, bytes]:
         """POST a JSON body; the decoded answer and its bytes, or a sorted BackendError."""
         try:
-            async with self.session.post(
-                self.base + path, data=_encode(body), headers={"Content-Type": "application/json"}
-            ) as resp:
+            async with self.session.post(self.base + path, data=_encode(body)) as resp:
                 raw = await resp.read()
                 if resp.status >= 300:
                     raise upstream_error(resp.status, raw, self.redact)
@@ -123,9 +123,7 @@ class HttpBackend(Backend):
         """
         started = False
         try:
-            async with self.session.post(
-                self.base + path, data=_encode(body), headers={"Content-Type": "application/json"}
-            ) as resp:
+            async with self.session.post(self.base + path, data=_encode(body)) as resp:
                 if resp.status >= 300:
                     raise upstream_error(resp.status, await resp.read(), self.redact)
                 async for line in resp.content:
