@@ -27,6 +27,7 @@ class _Backend(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_fie
 
 class _Remote(_Backend, kw_only=True):
     url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    stream_idle_timeout_s: PositiveFloat = 60.0
     api_key_env: str = ""
     api_key_file: str = ""
 
@@ -71,9 +72,11 @@ class InferenceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     backends: list[BackendConfig] = msgspec.field(default_factory=list)
     """`[[inference.backends]]` tables, each with a `type` (llamacpp, vllm, ollama, mlx,
     openai), a unique `name`, the `models` it serves, `max_concurrency`, `max_queue`,
-    `queue_timeout_s`, `timeout_s`; remote ones a `url` and optionally `api_key_env` or
-    `api_key_file`; llamacpp a GGUF `path` or a model `slot` + `version`. Empty means the
-    embedded default: SmolLM2-135M-Instruct on llama.cpp, served as `smollm2-135m`."""
+    `queue_timeout_s`, `timeout_s` (a whole call); remote ones a `url`,
+    `stream_idle_timeout_s` (a stream that sends nothing this long is ended with an error
+    event) and optionally `api_key_env` or `api_key_file`; llamacpp a GGUF `path` or a
+    model `slot` + `version`. Empty means the embedded default: SmolLM2-135M-Instruct on
+    llama.cpp, served as `smollm2-135m`."""
 
     aliases: dict[Name, list[Name]] = msgspec.field(default_factory=dict)
     """Stable names for clients: alias = [model, fallback model, ...]; first healthy wins."""

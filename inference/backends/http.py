@@ -107,10 +107,10 @@ class HttpBackend(Backend):
                 raw = await resp.read()
                 if resp.status >= 300:
                     raise upstream_error(resp.status, raw, self.redact)
+        except TimeoutError as exc:  # before OSError, of which it is a subclass
+            raise BackendError(504, f"{self.name}: upstream timed out", retryable=True) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise BackendError(502, f"{self.name}: {type(exc).__name__}", retryable=True) from exc
-        except TimeoutError as exc:
-            raise BackendError(504, f"{self.name}: upstream timed out", retryable=True) from exc
         try:
             return _decode(raw), raw
         except msgspec.DecodeError as exc:
@@ -126,18 +126,24 @@ class HttpBackend(Backend):
             async with self.session.post(self.base + path, data=_encode(body)) as resp:
                 if resp.status >= 300:
                     raise upstream_error(resp.status, await resp.read(), self.redact)
-                async for line in resp.content:
-                    line = line.strip()
+                while True:
+                    # A stalled upstream must not hang the client until `timeout_s`.
+                    raw = await asyncio.wait_for(
+                        resp.content.readline(), self.cfg.stream_idle_timeout_s
+                    )
+                    if not raw:
+                        return
+                    line = raw.strip()
                     if line:
                         started = True
                         yield line
+        except TimeoutError as exc:  # before OSError, of which it is a subclass
+            raise BackendError(
+                504, f"{self.name}: upstream stalled or timed out", retryable=not started
+            ) from exc
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             raise BackendError(
                 502, f"{self.name}: connection lost ({type(exc).__name__})", retryable=not started
-            ) from exc
-        except TimeoutError as exc:
-            raise BackendError(
-                504, f"{self.name}: upstream timed out", retryable=not started
             ) from exc
 
     def describe(self) -> Json:
