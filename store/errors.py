@@ -33,3 +33,11 @@ class DiskFull(StoreError):
 
 class ChecksumMismatch(StoreError):
     """Bytes did not match the checksum the client declared."""
+
+
+class QueueFull(StoreError):
+    """The job queue is at its limit; try again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
 import time
+from pathlib import Path
+from typing import Any
 
 from store import assets, blobs
 from store.assets import Asset
@@ -70,3 +75,54 @@ def resume_all(layout: Layout, locs: Locations, uploads: Uploads) -> int:
         except (NotFound, ChecksumMismatch):
             continue
     return count
+
+
+def asset_file(layout: Layout, locs: Locations, asset_id: str) -> tuple[Asset, Path]:
+    """An asset and the path of its blob (NotFound / InvalidName for a bad id)."""
+    loc_id = assets.location_of(asset_id)
+    loc = locs.get(loc_id)
+    asset = assets.get(locs.db(loc_id), loc_id, asset_id)
+    return asset, blobs.blob_path(layout, loc, asset.sha256)
+
+
+def add_file(
+    layout: Layout,
+    locs: Locations,
+    location: str,
+    src: Path,
+    *,
+    kind: str,
+    filename: str,
+    mime_type: str,
+    project: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Asset:
+    """Store a copy of a file the box produced (a job's result) as a new asset of `location`.
+
+    The copy is fsynced before it is adopted, so the asset row never names a blob that a
+    crash could leave half-written; `src` itself is left in place.
+    """
+    loc = locs.get(location)
+    layout.tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = layout.tmp_dir / f"result-{secrets.token_hex(8)}"
+    shutil.copyfile(src, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    sha = blobs.sha256_file(tmp)
+    size = tmp.stat().st_size
+    blobs.adopt(layout, loc, tmp, sha)
+    return assets.create(
+        locs.db(loc.id),
+        Asset(
+            id=assets.new_asset_id(loc.id),
+            location=loc.id,
+            project=project,
+            kind=kind,
+            filename=filename,
+            mime_type=mime_type,
+            size=size,
+            sha256=sha,
+            created_at=time.time(),
+            metadata=metadata or {},
+        ),
+    )

@@ -106,6 +106,16 @@ class Layout:
         return self.root / "keys.db"
 
     @property
+    def queue_db(self) -> Path:
+        """Database of the job queue: jobs and job events."""
+        return self.root / "queue.db"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Work folders of jobs: `{job_id}/...`, stage checkpoints."""
+        return self.root / "jobs"
+
+    @property
     def telemetry_dir(self) -> Path:
         """The telemetry spool (JSON lines, shipped by the bridge)."""
         return self.root / "telemetry"
