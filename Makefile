@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint typecheck pytest bench bench-quick crash-soak clean
+.PHONY: install up test test-slow lint typecheck pytest bench bench-quick crash-soak clean
 
 install: $(STAMP)
 
@@ -39,6 +39,9 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python bench/bench_api.py --quick
+
+test-slow: install
+	$(BIN)/pytest -q -m slow tests/perception/splat
 
 crash-soak: install
 	FIELDBOX_CRASH_ROUNDS=300 $(BIN)/pytest -q -m slow tests/system/test_crash.py

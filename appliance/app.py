@@ -20,6 +20,7 @@ from appliance.config import FieldboxConfig
 from appliance.controllers.assets import AssetController
 from appliance.controllers.documents import DocumentController
 from appliance.controllers.health import HealthController
+from appliance.controllers.jobs import JobController
 from appliance.controllers.locations import LocationController
 from appliance.controllers.projects import ProjectController
 from appliance.controllers.uploads import UploadController
@@ -71,6 +72,7 @@ def create_app(cfg: FieldboxConfig) -> Litestar:
             UploadController,
             AssetController,
             ProjectController,
+            JobController,
         ],
         dependencies={"svc": Provide(_provide_services, sync_to_thread=False, use_cache=True)},
         before_request=authorize,

@@ -126,6 +126,28 @@ def serve_gateway(ctx: Context, host: str | None, port: int | None) -> None:
     )
 
 
+@serve.command("worker")
+@pass_ctx
+def serve_worker(ctx: Context) -> None:
+    """The job worker (perception and splat pipelines)."""
+    import signal
+    import threading
+
+    from appliance.observe import configure_logging
+    from appliance.worker import Worker
+
+    cfg = ctx.cfg
+    configure_logging(cfg.log, "worker")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()  # only a flag: the worker's loop winds down
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    Worker(cfg, stop).run()
+
+
 @main.command()
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Bind address of every process."
@@ -248,3 +270,12 @@ def uploads_clean(ctx: Context) -> None:
     layout.ensure()
     store = Uploads(layout, ctx.cfg.store)
     click.echo(f"removed {store.expire()} expired uploads")
+
+
+def _register_subgroups() -> None:
+    from appliance.cli_jobs import jobs
+
+    main.add_command(jobs)
+
+
+_register_subgroups()

@@ -12,7 +12,10 @@ from typing import Annotated, Any, Literal, get_args, get_type_hints
 import msgspec
 
 from inference.config import GatewayConfig, InferenceConfig, check_gateway, check_inference
+from perception.config import PerceptionConfig
+from perception.splat.config import SplatConfig
 from store.config import StoreConfig
+from store.queue import QueueConfig
 
 SYSTEM_CONFIG = Path("/etc/fieldbox/fieldbox.toml")
 SYSTEM_DATA = Path("/var/lib/fieldbox")
@@ -51,6 +54,27 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Default page size of list endpoints (clients may ask for up to 1000)."""
 
 
+class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The `[worker]` section: the process that runs perception and splat jobs."""
+
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    """Jobs run at once by one worker process (1 for a single GPU)."""
+
+    kinds: list[Literal["perception", "splat"]] = msgspec.field(
+        default_factory=lambda: ["perception", "splat"]
+    )
+    """Job kinds this worker claims."""
+
+    heartbeat_s: PositiveFloat = 5.0
+    """How often running jobs' leases are renewed (keep well under `[queue] lease_s`)."""
+
+    poll_s: PositiveFloat = 1.0
+    """How long an idle worker waits before looking for work again."""
+
+    auto_enqueue_capture: bool = False
+    """An upload with kind=capture queues a perception and a splat job for it."""
+
+
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The `[log]` section: structured logs on stdout."""
 
@@ -78,6 +102,18 @@ class FieldboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
     """The model gateway process and who may call it (package `inference`)."""
+
+    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
+    """The durable job queue (package `store`)."""
+
+    worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
+    """The worker process (package `appliance`)."""
+
+    perception: PerceptionConfig = msgspec.field(default_factory=PerceptionConfig)
+    """Frames, segmentation and tracking, scene facts (package `perception`)."""
+
+    splat: SplatConfig = msgspec.field(default_factory=SplatConfig)
+    """The splat pipeline: frames, SfM, training, export (package `perception`)."""
 
     @property
     def data_dir(self) -> Path:

@@ -17,6 +17,7 @@ from store.errors import (
     InvalidName,
     NotFound,
     PreconditionFailed,
+    QueueFull,
     StoreError,
 )
 
@@ -29,6 +30,7 @@ _STORE_STATUS: dict[type[StoreError], tuple[int, str]] = {
     PreconditionFailed: (412, "precondition_failed"),
     ChecksumMismatch: (460, "checksum_mismatch"),
     DiskFull: (507, "insufficient_storage"),
+    QueueFull: (429, "too_many_requests"),
 }
 
 _CODES = {
@@ -82,6 +84,8 @@ def _store_error(_: Request[Any, Any, Any], exc: StoreError) -> Response[Any]:
         (v for t, v in _STORE_STATUS.items() if isinstance(exc, t)), (400, "bad_request")
     )
     headers = {"Retry-After": "1"} if status == 503 else None
+    if isinstance(exc, QueueFull):
+        headers = {"Retry-After": str(exc.retry_after)}
     return error_response(status, code, str(exc), headers)
 
 

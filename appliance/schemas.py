@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from store.assets import Asset
 from store.locations import Location
+from store.queue import Job
 
 
 class LocationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -79,3 +82,26 @@ class VersionInfo(msgspec.Struct, kw_only=True):
     name: str
     version: str
     python: str
+
+
+class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Body of `POST /v1/jobs`."""
+
+    kind: str
+    asset_id: str
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    idempotency_key: str | None = None
+    priority: int = 0
+
+
+class JobList(msgspec.Struct, kw_only=True):
+    """Jobs, newest first."""
+
+    items: list[Job]
+    counts: dict[str, int]
+
+
+class WorkerList(msgspec.Struct, kw_only=True):
+    """What each worker process last said about itself."""
+
+    items: list[dict[str, Any]]

@@ -20,6 +20,7 @@ from store.db import Database, Operation
 from store.keys import Verifier
 from store.locations import Locations
 from store.paths import Layout
+from store.queue import Queue
 from store.uploads import Uploads
 
 T = TypeVar("T")
@@ -41,6 +42,7 @@ class Services:
     uploads: Uploads
     keys: Database
     metrics: Metrics
+    queue: Queue
     verifier: Verifier = field(init=False)
     # Set when the server begins a graceful shutdown, so long uploads stop and keep their bytes.
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -66,7 +68,8 @@ class Services:
         locations = Locations(layout, cfg.store)
         uploads = Uploads(layout, cfg.store)
         key_db = keys.open_keys(str(layout.keys_db), cfg.store)
-        svc = cls(cfg, layout, locations, uploads, key_db, metrics or Metrics())
+        queue = Queue(str(layout.queue_db), cfg.store, cfg.queue)
+        svc = cls(cfg, layout, locations, uploads, key_db, metrics or Metrics(), queue)
         if stopping is not None:
             svc.stopping = stopping
         ingest.resume_all(layout, locations, uploads)
@@ -93,6 +96,7 @@ class Services:
         """Close in reverse order of opening."""
         for committer in self.committers.values():
             committer.close()
+        self.queue.close()
         self.keys.close()
         self.uploads.close()
         self.locations.close()

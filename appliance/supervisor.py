@@ -26,7 +26,7 @@ class Child:
 
     name: str
     argv: list[str]
-    health_url: str
+    health_url: str | None
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = field(default=0.0)
@@ -108,11 +108,12 @@ def run_up(
             [*base, "serve", "gateway", "--host", host, "--port", str(gw_port)],
             f"http://{_client_host(host)}:{gw_port}/health",
         ),
+        Child("worker", [*base, "serve", "worker"], None),
     ]
     token = first_admin_token(cfg)
     for child in children:
         child.start(env)
-    if all(_wait_healthy(c.health_url, 60, stop) for c in children):
+    if all(_wait_healthy(c.health_url, 60, stop) for c in children if c.health_url):
         url = f"http://{_client_host(host)}:{port}"
         print(f"fieldbox is up: field API {url}  (API docs {url}/schema)", flush=True)
         print(f"model gateway: http://{_client_host(host)}:{gw_port}/v1", flush=True)

@@ -1,0 +1,111 @@
+"""Jobs as the api sees them: checking a request before it is queued, and the SSE event feed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from appliance.schemas import JobCreate
+from appliance.services import Services, in_thread
+from store import ingest
+from store.errors import InvalidDocument
+from store.queue import TERMINAL, Job, Queue
+
+# The params each kind accepts, and their types: anything else is a 400 at enqueue.
+JOB_PARAMS: dict[str, dict[str, type]] = {
+    "perception": {"fps": float, "max_side": int, "segmenter": str, "keyframe_every": int},
+    "splat": {"fps": float, "max_side": int, "iterations": int, "max_frames": int},
+}
+_SEGMENTERS = ("cpu", "sam2")
+_TERMINAL_EVENTS = frozenset({"succeeded", "failed", "dead", "cancelled"})
+_encode = msgspec.json.Encoder().encode
+
+
+def check_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The params of a job of `kind`, checked; InvalidDocument names what is wrong."""
+    if kind not in JOB_PARAMS:
+        raise InvalidDocument(f"unknown job kind {kind!r}; one of: {', '.join(JOB_PARAMS)}")
+    allowed = JOB_PARAMS[kind]
+    for name, value in params.items():
+        if name not in allowed:
+            raise InvalidDocument(
+                f"unknown param {name!r} for a {kind} job; known: {', '.join(allowed)}"
+            )
+        wanted = allowed[name]
+        if name == "segmenter" and value not in _SEGMENTERS:
+            raise InvalidDocument(f"segmenter must be one of: {', '.join(_SEGMENTERS)}")
+        ok = isinstance(value, wanted) or (wanted is float and isinstance(value, int))
+        if not ok or isinstance(value, bool) or (wanted is not str and value <= 0):
+            raise InvalidDocument(f"param {name!r} must be a positive {wanted.__name__}")
+    return params
+
+
+def _probe(path: Path) -> None:
+    from perception.frames import probe
+    from perception.progress import InvalidInput
+
+    try:
+        probe(path)
+    except InvalidInput as exc:
+        raise InvalidDocument(f"the asset is not a usable video: {exc}") from exc
+
+
+async def enqueue(svc: Services, req: JobCreate) -> tuple[Job, bool]:
+    """Queue a job for an asset: kind, params and the asset's video are checked first."""
+    params = check_params(req.kind, req.params)
+    asset, path = await in_thread(ingest.asset_file, svc.layout, svc.locations, req.asset_id)
+    await in_thread(_probe, path)
+    return await in_thread(
+        svc.queue.enqueue,
+        req.kind,
+        {"asset_id": asset.id, "params": params},
+        location=asset.location,
+        priority=req.priority,
+        idempotency_key=req.idempotency_key,
+    )
+
+
+def enqueue_capture_jobs(queue: Queue, asset_id: str, location: str) -> list[Job]:
+    """A perception and a splat job for a capture upload; idempotent per asset, so a
+    repeated finalize (a retried last PATCH, a restart) queues nothing twice."""
+    return [
+        queue.enqueue(
+            kind,
+            {"asset_id": asset_id, "params": {}},
+            location=location,
+            idempotency_key=f"capture:{asset_id}:{kind}",
+        )[0]
+        for kind in ("perception", "splat")
+    ]
+
+
+async def event_stream(svc: Services, job_id: str, after: int) -> AsyncIterator[bytes]:
+    """Server-sent events of a job: replay after `after`, then follow until the job ends.
+
+    The queue lives in another process's writes, so new events are polled (every 0.25 s);
+    a comment line every 15 s keeps proxies from closing an idle stream.
+    """
+    last, idle = after, 0.0
+    while not svc.stopping.is_set():
+        events = await in_thread(svc.queue.events, job_id, last)
+        for ev in events:
+            last = ev.seq
+            payload = {"job_id": ev.job_id, "type": ev.type, "at": ev.at, **ev.data}
+            yield b"id: %d\nevent: %s\ndata: %s\n\n" % (ev.seq, ev.type.encode(), _encode(payload))
+        if events:
+            idle = 0.0
+            if events[-1].type in _TERMINAL_EVENTS:
+                return
+            continue
+        job = await in_thread(svc.queue.get, job_id)
+        if job.status in TERMINAL:
+            return
+        await asyncio.sleep(0.25)
+        idle += 0.25
+        if idle >= 15:
+            idle = 0.0
+            yield b": keep-alive\n\n"

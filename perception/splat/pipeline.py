@@ -1,0 +1,133 @@
+"""The splat job: video -> frames -> SfM -> trained Gaussians -> .ply, as resumable stages.
+
+Each stage writes under `{work_dir}/{stage}/` and leaves a `{stage}.done` summary (see
+`perception.progress.Stages`); a retried job resumes at the first unfinished stage, and
+training itself resumes from its last checkpoint (`{work_dir}/train.ckpt`, kept outside
+the stage dir because an unfinished stage dir is cleared before it reruns).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from perception.progress import InvalidInput, Reporter, Stages
+from perception.splat.config import SplatConfig
+from perception.splat.frames import extract_frames
+from perception.splat.ply import EXPORT_SH_DEGREE, Splat, write_ply
+
+Json = dict[str, Any]
+PLY_NAME = "splat.ply"
+THUMBNAIL_NAME = "thumbnail.jpg"
+THUMBNAIL_SIDE = 256
+CHECKPOINT_NAME = "train.ckpt"
+EXTRA_MODULES = ("torch", "pycolmap")
+
+
+def missing_dependencies() -> list[str]:
+    """The modules of the `splat` extra that are not installed (empty when the pipeline can run)."""
+    missing = []
+    for name in EXTRA_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def run_splat(video: Path, work_dir: Path, cfg: SplatConfig, reporter: Reporter) -> Path:
+    """Turn `video` into a 3DGS .ply under `work_dir`, resuming a previous run; return its path.
+
+    Raises InvalidInput (unreadable video, too few usable frames, SfM could not place
+    enough of them), OutOfMemory (GPU), and lets Cancelled from `reporter` through.
+    """
+    missing = missing_dependencies()
+    if missing:
+        raise RuntimeError(
+            f"the splat pipeline needs the `splat` extra (missing: {', '.join(missing)})"
+        )
+    if not video.is_file():
+        raise InvalidInput(f"{video.name}: no such file")
+    stages = Stages(work_dir, reporter)
+    frames_dir, sfm_dir, train_dir = stages.dir("frames"), stages.dir("sfm"), stages.dir("train")
+    checkpoint = work_dir / CHECKPOINT_NAME
+
+    def frames(out: Path) -> Json:
+        return extract_frames(
+            video,
+            out,
+            fps=cfg.fps,
+            max_side=cfg.max_side,
+            max_frames=cfg.max_frames,
+            blur_ratio=cfg.blur_ratio,
+            progress=lambda f: reporter.progress("frames", f),
+        )
+
+    def sfm(out: Path) -> Json:
+        from perception.splat.sfm import run_sfm
+
+        return run_sfm(
+            frames_dir,
+            out,
+            matcher=cfg.matcher,
+            min_registered=cfg.min_registered,
+            progress=lambda f: reporter.progress("sfm", f),
+        )
+
+    def train(out: Path) -> Json:
+        from perception.splat.scene import load_scene
+        from perception.splat.sfm import sparse_dir
+        from perception.splat.train import render_image
+        from perception.splat.train import train as train_splat
+
+        scene = load_scene(sparse_dir(sfm_dir), frames_dir)
+        splat, summary = train_splat(
+            scene, cfg, checkpoint, lambda f: reporter.progress("train", f)
+        )
+        np.savez(out / "gaussians.npz", **dataclasses.asdict(splat))
+        preview = render_image(splat, scene.views[0])
+        cv2.imwrite(str(out / "preview.jpg"), cv2.cvtColor(preview, cv2.COLOR_RGB2BGR))
+        return summary
+
+    def export(out: Path) -> Json:
+        with np.load(train_dir / "gaussians.npz") as data:
+            splat = Splat(**{f.name: data[f.name] for f in dataclasses.fields(Splat)})
+        ply = out / PLY_NAME
+        write_ply(ply, splat, EXPORT_SH_DEGREE)
+        reporter.progress("export", 0.8)
+        thumb = out / THUMBNAIL_NAME
+        _thumbnail(train_dir / "preview.jpg", thumb)
+        reporter.progress("export", 1.0)
+        return {
+            "ply": str(ply),
+            "thumbnail": str(thumb),
+            "gaussians": len(splat),
+            "sh_degree": EXPORT_SH_DEGREE,
+            "bytes": ply.stat().st_size,
+        }
+
+    stages.run("frames", frames)
+    stages.run("sfm", sfm)
+    stages.run("train", train)
+    # The marker is down: the checkpoint can only mislead a later run now.
+    checkpoint.unlink(missing_ok=True)
+    stages.run("export", export)
+    return stages.dir("export") / PLY_NAME
+
+
+def _thumbnail(src: Path, dst: Path) -> None:
+    img = cv2.imread(str(src))
+    if img is None:
+        raise OSError(f"cannot read {src}")
+    h, w = img.shape[:2]
+    scale = min(1.0, THUMBNAIL_SIDE / max(h, w))
+    if scale < 1.0:
+        img = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(dst), img, [cv2.IMWRITE_JPEG_QUALITY, 85])

@@ -1,0 +1,179 @@
+"""The worker as a real process: a perception job end to end, and a kill -9 in the middle of
+one that resumes at its last finished stage under a new worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from store.paths import Layout
+from store.queue import Queue
+from tests.conftest import ROOT, Server, make_config, make_token
+from tests.system.conftest import StartServer
+from tests.system.helpers import tus_create, tus_finish
+from tests.videos import moving_square_video
+
+CONFIG = """
+[queue]
+lease_s = 2.0
+backoff_s = [0.5]
+[worker]
+heartbeat_s = 0.3
+poll_s = 0.1
+[perception]
+fps = 30.0
+"""
+
+
+class WorkerProc:
+    """A `fieldbox serve worker` process writing its log beside the data root."""
+
+    def __init__(self, data_dir: Path, config: Path) -> None:
+        self.log_path = data_dir.parent / f"worker-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "--config", str(config), "serve", "worker"],
+            env={**os.environ, "FIELDBOX_DATA": str(data_dir)},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def box(tmp_path: Path, start_server: StartServer) -> Iterator[tuple[Server, httpx.Client, Path]]:
+    """An api process with a location, a client with a field key, and the config path."""
+    data = tmp_path / "data"
+    config = tmp_path / "fieldbox.toml"
+    config.write_text(CONFIG)
+    token = make_token(make_config(data))
+    server = start_server(config, data)
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+        resp = client.post(
+            "/v1/locations",
+            json={"id": "site1", "account": "acme", "geo_prefix": "u4pr", "name": "Site 1"},
+        )
+        assert resp.status_code == 201, resp.text
+        yield server, client, config
+
+
+def _upload(client: httpx.Client, path: Path) -> str:
+    data = path.read_bytes()
+    return tus_finish(client, tus_create(client, "site1", len(data), path.name), data)
+
+
+def _wait_job(
+    client: httpx.Client, job_id: str, until: set[str], timeout: float = 180
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in until:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {until}")
+
+
+def _events(client: httpx.Client, job_id: str) -> list[str]:
+    text = client.get(f"/v1/jobs/{job_id}/events").text
+    return [
+        line.split(": ", 1)[1] + (":" + _stage(block) if _stage(block) else "")
+        for block in text.strip().split("\n\n")
+        for line in block.splitlines()
+        if line.startswith("event: ")
+    ]
+
+
+def _stage(block: str) -> str:
+    for line in block.splitlines():
+        if line.startswith("data: ") and '"stage"' in line:
+            return str(json.loads(line[6:]).get("stage", ""))
+    return ""
+
+
+def test_a_perception_job_runs_to_scene_facts(
+    tmp_path: Path, box: tuple[Server, httpx.Client, Path]
+) -> None:
+    """Upload a video, queue perception: the job succeeds and its scene facts are an asset of
+    the same location, listing the moving square as a track."""
+    server, client, config = box
+    asset = _upload(client, moving_square_video(tmp_path / "walk.mp4", frames=30))
+    job = client.post("/v1/jobs", json={"kind": "perception", "asset_id": asset}).json()
+    worker = WorkerProc(server.data_dir, config)
+    try:
+        done = _wait_job(client, job["id"], {"succeeded", "failed", "dead"})
+    finally:
+        worker.stop()
+    assert done["status"] == "succeeded", (done, worker.log_path.read_text()[-3000:])
+    facts_id = done["result"]["scene_facts_asset_id"]
+    assert facts_id.startswith("site1.")
+    facts = client.get(f"/v1/assets/{facts_id}/content").json()
+    assert facts["tracks"], facts
+    assert not (Layout(server.data_dir).jobs_dir / job["id"]).exists()
+
+
+def test_kill_9_mid_job_resumes_at_the_last_finished_stage(
+    tmp_path: Path, box: tuple[Server, httpx.Client, Path]
+) -> None:
+    """A worker killed during segmentation: after the lease expires a new worker claims the
+    job, skips the finished frames stage, and finishes it."""
+    server, client, config = box
+    video = moving_square_video(tmp_path / "long.mp4", frames=480, width=640, height=360)
+    asset = _upload(client, video)
+    job = client.post("/v1/jobs", json={"kind": "perception", "asset_id": asset}).json()
+    cfg = make_config(server.data_dir)
+    queue = Queue(str(Layout(server.data_dir).queue_db), cfg.store, cfg.queue)
+    first = WorkerProc(server.data_dir, config)
+    try:
+        # Read the queue directly (another process, as the api does): the SSE feed would
+        # follow the job to its end.
+        deadline = time.monotonic() + 120
+        while not any(
+            e.type == "stage_started" and e.data.get("stage") == "segment"
+            for e in queue.events(job["id"])
+        ):
+            assert time.monotonic() < deadline, "segmentation never started"
+            time.sleep(0.02)
+        first.kill()
+    finally:
+        first.stop()
+        queue.close()
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
+    second = WorkerProc(server.data_dir, config)
+    try:
+        done = _wait_job(client, job["id"], {"succeeded", "failed", "dead"})
+    finally:
+        second.stop()
+    assert done["status"] == "succeeded", (done, second.log_path.read_text()[-3000:])
+    assert done["attempts"] == 2
+    events = _events(client, job["id"])
+    assert events.count("stage_started:frames") == 1, events
+    assert events.count("stage_started:segment") == 2, events
+    assert any(e.startswith("lease_expired") for e in events), events
