@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test test-slow lint typecheck pytest bench bench-quick crash-soak clean
+.PHONY: install up test test-slow bench-jobs lint typecheck pytest bench bench-quick crash-soak clean
 
 install: $(STAMP)
 
@@ -39,6 +39,9 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python bench/bench_api.py --quick
+
+bench-jobs: install
+	$(BIN)/python bench/bench_jobs.py
 
 test-slow: install
 	$(BIN)/pytest -q -m slow tests/perception/splat
