@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_perception import measure_segmenter_fps  # noqa: E402
-from bench_queue import measure_claims  # noqa: E402
-from bench_splat import measure_splat  # noqa: E402
+from bench_perception import measure_segmenter_fps
+from bench_queue import measure_claims
+from bench_splat import measure_splat
 
 SEGMENTER_TARGET_FPS = 10.0
 SPLAT_TARGET_S = 600.0
