@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from appliance import jobs
@@ -28,7 +28,7 @@ class JobController(Controller):
     opt = FIELD_ACCESS
 
     @post("/", status_code=202)
-    async def create(self, data: JobCreate, svc: Svc) -> Response[Job]:
+    async def create(self, data: JSONBody[JobCreate], svc: Svc) -> Response[Job]:
         """Queue a job (202); the same `idempotency_key` again returns the same job (200)."""
         job, created = await jobs.enqueue(svc, data)
         return Response(job, status_code=202 if created else 200)
