@@ -6,6 +6,7 @@ store them twice.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -21,6 +22,37 @@ from store.paths import Layout
 from store.queue import Job
 
 
+@dataclass(frozen=True)
+class JobRun:
+    """Everything one job's run needs: config, stores, its source asset and work dir."""
+
+    job: Job
+    cfg: FieldboxConfig
+    layout: Layout
+    locs: Locations
+    asset: Asset
+    video: Path
+    work: Path
+    params: dict[str, Any]
+    reporter: Reporter
+
+    def publish(self, path: Path, kind: str, suffix: str, mime: str) -> str:
+        """Store a result file as an asset of the source's location; return its id."""
+        stem = PurePath(self.asset.filename).stem or "capture"
+        made = ingest.add_file(
+            self.layout,
+            self.locs,
+            self.asset.location,
+            path,
+            kind=kind,
+            filename=f"{stem}{suffix}",
+            mime_type=mime,
+            project=self.asset.project,
+            metadata={"job_id": self.job.id, "source_asset_id": self.asset.id},
+        )
+        return made.id
+
+
 def execute(
     job: Job, cfg: FieldboxConfig, layout: Layout, locs: Locations, reporter: Reporter
 ) -> dict[str, Any]:
@@ -30,102 +62,45 @@ def execute(
     except (NotFound, InvalidName) as exc:
         raise InvalidInput(f"the job's asset is gone: {exc}") from exc
     params: dict[str, Any] = dict(job.payload.get("params") or {})
-    work = layout.jobs_dir / job.id
-    stages = Stages(work, reporter)
+    run = JobRun(job, cfg, layout, locs, asset, video, layout.jobs_dir / job.id, params, reporter)
     if job.kind == "perception":
-        return _perception(cfg, layout, locs, asset, video, work, params, stages, reporter)
+        return _perception(run)
     if job.kind == "splat":
-        return _splat(cfg, layout, locs, asset, video, work, params, stages, reporter)
+        return _splat(run)
     raise InvalidInput(f"unknown job kind {job.kind!r}")
 
 
-def _publish(
-    layout: Layout,
-    locs: Locations,
-    source: Asset,
-    job_id: str,
-    path: Path,
-    kind: str,
-    suffix: str,
-    mime: str,
-) -> str:
-    stem = PurePath(source.filename).stem or "capture"
-    made = ingest.add_file(
-        layout,
-        locs,
-        source.location,
-        path,
-        kind=kind,
-        filename=f"{stem}{suffix}",
-        mime_type=mime,
-        project=source.project,
-        metadata={"job_id": job_id, "source_asset_id": source.id},
-    )
-    return made.id
-
-
-def _perception(
-    cfg: FieldboxConfig,
-    layout: Layout,
-    locs: Locations,
-    asset: Asset,
-    video: Path,
-    work: Path,
-    params: dict[str, Any],
-    stages: Stages,
-    reporter: Reporter,
-) -> dict[str, Any]:
+def _perception(run: JobRun) -> dict[str, Any]:
     from perception.pipeline import run_perception
 
-    pcfg = msgspec.structs.replace(cfg.perception, **params)
-    facts = run_perception(video, work / "perception", pcfg, reporter)
-    job_id = work.name
-    return stages.run(
+    pcfg = msgspec.structs.replace(run.cfg.perception, **run.params)
+    facts = run_perception(run.video, run.work / "perception", pcfg, run.reporter)
+    return Stages(run.work, run.reporter).run(
         "publish",
         lambda _: {
-            "scene_facts_asset_id": _publish(
-                layout,
-                locs,
-                asset,
-                job_id,
-                facts,
-                "scene_facts",
-                ".scene_facts.json",
-                "application/json",
+            "scene_facts_asset_id": run.publish(
+                facts, "scene_facts", ".scene_facts.json", "application/json"
             )
         },
     )
 
 
-def _splat(
-    cfg: FieldboxConfig,
-    layout: Layout,
-    locs: Locations,
-    asset: Asset,
-    video: Path,
-    work: Path,
-    params: dict[str, Any],
-    stages: Stages,
-    reporter: Reporter,
-) -> dict[str, Any]:
+def _splat(run: JobRun) -> dict[str, Any]:
     from perception.splat.pipeline import run_splat
 
-    scfg = msgspec.structs.replace(cfg.splat, **params)
-    ply = run_splat(video, work / "splat", scfg, reporter)
-    export = Stages(work / "splat").done("export") or {}
+    scfg = msgspec.structs.replace(run.cfg.splat, **run.params)
+    ply = run_splat(run.video, run.work / "splat", scfg, run.reporter)
+    export = Stages(run.work / "splat").done("export") or {}
     thumb = export.get("thumbnail")
-    job_id = work.name
 
     def publish(_: Path) -> dict[str, Any]:
         out = {
-            "splat_asset_id": _publish(
-                layout, locs, asset, job_id, ply, "splat", ".splat.ply", "application/octet-stream"
-            )
+            "splat_asset_id": run.publish(ply, "splat", ".splat.ply", "application/octet-stream")
         }
         if isinstance(thumb, str) and Path(thumb).is_file():
-            out["thumbnail_asset_id"] = _publish(
-                layout, locs, asset, job_id, Path(thumb), "thumbnail", ".thumb.jpg", "image/jpeg"
+            out["thumbnail_asset_id"] = run.publish(
+                Path(thumb), "thumbnail", ".thumb.jpg", "image/jpeg"
             )
         return out
 
-    return stages.run("publish", publish)
+    return Stages(run.work, run.reporter).run("publish", publish)
