@@ -39,10 +39,12 @@ class SplatConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """SfM must place at least this many frames (and half of them) or the job fails with
     a clear error instead of training on a broken scene."""
 
-    iterations: Annotated[int, msgspec.Meta(ge=1)] = 1500
-    """Training steps (one frame each)."""
+    iterations: Annotated[int, msgspec.Meta(ge=1)] = 1200
+    """Training steps (one frame each; the first 30% at half resolution). About 0.25 s
+    each on 2 CPU cores at 320 px with 8000 Gaussians: the default job takes about 5 minutes
+    of training on such a box."""
 
-    max_gaussians: Annotated[int, msgspec.Meta(ge=100)] = 12_000
+    max_gaussians: Annotated[int, msgspec.Meta(ge=100)] = 8000
     """Upper bound on the splat size: the SfM points are subsampled to it and
     densification stops there."""
 

@@ -7,6 +7,7 @@ The loss is L1 on the frames; Adam on every parameter; 3DGS-style densification.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -33,6 +35,9 @@ DENSIFY_FROM = 100
 DENSIFY_UNTIL = 0.6
 # The active SH degree goes up by one every this many steps (3DGS: 1000).
 SH_STEP = 500
+# The first WARMUP share of the steps trains on half-size frames (a quarter of the pixels,
+# so about a quarter of the rasterizing): coarse structure first, detail after.
+WARMUP = 0.3
 EVAL_VIEWS = 8
 PROGRESS_EVERY = 5
 # What an interrupted run's checkpoint must match to be resumed.
@@ -125,6 +130,21 @@ def _gsplat_renderer(device: torch.device) -> Renderer | None:
     return render
 
 
+def _half(view: View) -> View:
+    """The view at half size: pixel centres scale with the image, so do fx, fy, cx, cy."""
+    w, h = max(1, view.width // 2), max(1, view.height // 2)
+    sx, sy = w / view.width, h / view.height
+    img = cv2.resize(view.image, (w, h), interpolation=cv2.INTER_AREA)
+    return dataclasses.replace(
+        view,
+        fx=view.fx * sx,
+        fy=view.fy * sy,
+        cx=view.cx * sx,
+        cy=view.cy * sy,
+        image=np.ascontiguousarray(img, np.uint8),
+    )
+
+
 def _view_order(n: int, step: int, seed: int) -> int:
     """Which view trains at `step`: a fresh shuffle every epoch, reproducible after a resume."""
     epoch, i = divmod(step, n)
@@ -198,6 +218,11 @@ def _train(
     targets = [
         torch.tensor(v.image, dtype=torch.float32, device=device) / 255.0 for v in scene.views
     ]
+    small = [_half(v) for v in scene.views]
+    small_targets = [
+        torch.tensor(v.image, dtype=torch.float32, device=device) / 255.0 for v in small
+    ]
+    warmup = int(WARMUP * cfg.iterations)
     fingerprint = _fingerprint(cfg, scene)
     model = Gaussians.from_points(points, colors, cfg.sh_degree, scene.extent, device)
     start, loss_start, resumed = 0, math.nan, 0
@@ -221,16 +246,17 @@ def _train(
         degree = min(cfg.sh_degree, step // SH_STEP)
         model.set_means_lr(step, cfg.iterations)
         i = _view_order(len(scene.views), step, cfg.seed)
-        img, ids, grad2d = render(model, scene.views[i], degree)
-        loss = (img - targets[i]).abs().mean()
+        view, target = (
+            (small[i], small_targets[i]) if step < warmup else (scene.views[i], targets[i])
+        )
+        img, ids, grad2d = render(model, view, degree)
+        loss = (img - target).abs().mean()
         model.opt.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)  # typed, unlike Tensor.backward
         model.opt.step()
         done = step + 1
         if done < densify_until:
-            model.add_grad_stats(
-                ids, grad2d().detach(), scene.views[i].width, scene.views[i].height
-            )
+            model.add_grad_stats(ids, grad2d().detach(), view.width, view.height)
             if done >= DENSIFY_FROM and done % DENSIFY_EVERY == 0:
                 gen = torch.Generator().manual_seed(cfg.seed * 7919 + done)
                 for k, v in model.densify_and_prune(cfg.max_gaussians, gen).items():
