@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 import msgspec
 
+from bridge.config import BridgeConfig, check_bridge
 from inference.config import GatewayConfig, InferenceConfig, check_gateway, check_inference
 from perception.config import PerceptionConfig
 from perception.splat.config import SplatConfig
@@ -115,6 +116,9 @@ class FieldboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     splat: SplatConfig = msgspec.field(default_factory=SplatConfig)
     """The splat pipeline: frames, SfM, training, export (package `perception`)."""
 
+    bridge: BridgeConfig = msgspec.field(default_factory=BridgeConfig)
+    """Everything that leaves the box: S3, Litestream, telemetry, drop folder, tunnel."""
+
     @property
     def data_dir(self) -> Path:
         """The resolved data root."""
@@ -186,7 +190,9 @@ def parse_config(text: str, source: str = "<string>") -> FieldboxConfig:
         raise ConfigError(source, problems)
     cfg = msgspec.convert(raw, FieldboxConfig)
     # Rules across fields (an open gateway, aliases naming nothing) come after the types.
-    semantic = check_gateway(cfg.gateway) + check_inference(cfg.inference)
+    semantic = (
+        check_gateway(cfg.gateway) + check_inference(cfg.inference) + check_bridge(cfg.bridge)
+    )
     if semantic:
         raise ConfigError(source, [ConfigProblem(_line_of(lines, k), m) for k, m in semantic])
     return cfg

@@ -19,6 +19,7 @@ from store import ingest, keys
 from store.db import Database, Operation
 from store.keys import Verifier
 from store.locations import Locations
+from store.outbox import Outbox
 from store.paths import Layout
 from store.queue import Queue
 from store.uploads import Uploads
@@ -43,6 +44,7 @@ class Services:
     keys: Database
     metrics: Metrics
     queue: Queue
+    outbox: Outbox
     verifier: Verifier = field(init=False)
     # Set when the server begins a graceful shutdown, so long uploads stop and keep their bytes.
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -69,10 +71,11 @@ class Services:
         uploads = Uploads(layout, cfg.store)
         key_db = keys.open_keys(str(layout.keys_db), cfg.store)
         queue = Queue(str(layout.queue_db), cfg.store, cfg.queue)
-        svc = cls(cfg, layout, locations, uploads, key_db, metrics or Metrics(), queue)
+        outbox = Outbox(str(layout.outbox_db), cfg.store)
+        svc = cls(cfg, layout, locations, uploads, key_db, metrics or Metrics(), queue, outbox)
         if stopping is not None:
             svc.stopping = stopping
-        ingest.resume_all(layout, locations, uploads)
+        ingest.resume_all(layout, locations, uploads, outbox)
         return svc
 
     def free_disk_bytes(self) -> int:
@@ -96,6 +99,7 @@ class Services:
         """Close in reverse order of opening."""
         for committer in self.committers.values():
             committer.close()
+        self.outbox.close()
         self.queue.close()
         self.keys.close()
         self.uploads.close()

@@ -26,6 +26,7 @@ from perception.progress import Cancelled, InvalidInput, OutOfMemory, Reporter
 from perception.segment.base import SegmenterUnavailable
 from store.errors import Conflict, StoreError
 from store.locations import Locations
+from store.outbox import Outbox
 from store.paths import Layout
 from store.queue import Job, Queue
 
@@ -54,6 +55,7 @@ class Worker:
         self.layout.ensure()
         self.queue = Queue(str(self.layout.queue_db), cfg.store, cfg.queue)
         self.locations = Locations(self.layout, cfg.store)
+        self.outbox = Outbox(str(self.layout.outbox_db), cfg.store)
         self.running: dict[str, Running] = {}
         self.log = structlog.get_logger("fieldbox.worker")
 
@@ -73,6 +75,7 @@ class Worker:
         for thread in reversed(slots):
             thread.join(timeout=60)
         remove_status(self.layout, self.id)
+        self.outbox.close()
         self.locations.close()
         self.queue.close()
         self.log.info("worker_stopped", worker=self.id)
@@ -122,7 +125,9 @@ class Worker:
         log = self.log.bind(job_id=job.id, kind=job.kind, attempt=job.attempts)
         log.info("job_started")
         try:
-            result = execute(job, self.cfg, self.layout, self.locations, self._reporter(item))
+            result = execute(
+                job, self.cfg, self.layout, self.locations, self.outbox, self._reporter(item)
+            )
             self.queue.succeed(job.id, self.id, result)
             shutil.rmtree(self.layout.jobs_dir / job.id, ignore_errors=True)
             log.info("job_succeeded", result=result)

@@ -18,6 +18,7 @@ from store import ingest
 from store.assets import Asset
 from store.errors import InvalidName, NotFound
 from store.locations import Locations
+from store.outbox import Outbox
 from store.paths import Layout
 from store.queue import Job
 
@@ -30,6 +31,7 @@ class JobRun:
     cfg: FieldboxConfig
     layout: Layout
     locs: Locations
+    outbox: Outbox
     asset: Asset
     video: Path
     work: Path
@@ -42,6 +44,7 @@ class JobRun:
         made = ingest.add_file(
             self.layout,
             self.locs,
+            self.outbox,
             self.asset.location,
             path,
             kind=kind,
@@ -54,7 +57,12 @@ class JobRun:
 
 
 def execute(
-    job: Job, cfg: FieldboxConfig, layout: Layout, locs: Locations, reporter: Reporter
+    job: Job,
+    cfg: FieldboxConfig,
+    layout: Layout,
+    locs: Locations,
+    outbox: Outbox,
+    reporter: Reporter,
 ) -> dict[str, Any]:
     """Run `job` to the end; return its result (the ids of the assets it produced)."""
     try:
@@ -62,7 +70,9 @@ def execute(
     except (NotFound, InvalidName) as exc:
         raise InvalidInput(f"the job's asset is gone: {exc}") from exc
     params: dict[str, Any] = dict(job.payload.get("params") or {})
-    run = JobRun(job, cfg, layout, locs, asset, video, layout.jobs_dir / job.id, params, reporter)
+    run = JobRun(
+        job, cfg, layout, locs, outbox, asset, video, layout.jobs_dir / job.id, params, reporter
+    )
     if job.kind == "perception":
         return _perception(run)
     if job.kind == "splat":

@@ -11,14 +11,21 @@ from typing import Any
 
 from store import assets, blobs
 from store.assets import Asset
+from store.db import Database
 from store.errors import ChecksumMismatch, NotFound
-from store.locations import Locations
+from store.locations import Location, Locations
+from store.outbox import Outbox
 from store.paths import Layout
 from store.uploads import Upload, Uploads
 
 
 def finalize(
-    layout: Layout, locs: Locations, uploads: Uploads, up: Upload, digest: str | None = None
+    layout: Layout,
+    locs: Locations,
+    uploads: Uploads,
+    outbox: Outbox,
+    up: Upload,
+    digest: str | None = None,
 ) -> Asset:
     """Verify, move into the blob store, create the asset, link it; safe to repeat after a crash.
 
@@ -45,8 +52,10 @@ def finalize(
             blobs.adopt(layout, loc, part, sha)
         elif not blobs.blob_path(layout, loc, sha).exists():
             raise NotFound(f"upload {up.id!r} lost its data before it was stored")
-        done = assets.create(
+        done = _create(
             db,
+            outbox,
+            loc,
             Asset(
                 id=assets.new_asset_id(loc.id),
                 location=loc.id,
@@ -65,12 +74,30 @@ def finalize(
     return done
 
 
-def resume_all(layout: Layout, locs: Locations, uploads: Uploads) -> int:
+def _create(db: Database, outbox: Outbox, loc: Location, asset: Asset) -> Asset:
+    # The outbox row commits first: an asset that exists (and so may have been
+    # acknowledged) always has one. The reverse crash leaves a row for an asset that never
+    # came to be, which the bridge closes after uploading its blob.
+    outbox.add(
+        asset_id=asset.id,
+        account=loc.account,
+        geo_prefix=loc.geo_prefix,
+        location=loc.id,
+        sha256=asset.sha256,
+        size=asset.size,
+        kind=asset.kind,
+        filename=asset.filename,
+        mime_type=asset.mime_type,
+    )
+    return assets.create(db, asset)
+
+
+def resume_all(layout: Layout, locs: Locations, uploads: Uploads, outbox: Outbox) -> int:
     """Finish every upload a crash interrupted between its last byte and its asset."""
     count = 0
     for up in uploads.pending_finalize():
         try:
-            finalize(layout, locs, uploads, up)
+            finalize(layout, locs, uploads, outbox, up)
             count += 1
         except (NotFound, ChecksumMismatch):
             continue
@@ -88,6 +115,7 @@ def asset_file(layout: Layout, locs: Locations, asset_id: str) -> tuple[Asset, P
 def add_file(
     layout: Layout,
     locs: Locations,
+    outbox: Outbox,
     location: str,
     src: Path,
     *,
@@ -111,8 +139,10 @@ def add_file(
     sha = blobs.sha256_file(tmp)
     size = tmp.stat().st_size
     blobs.adopt(layout, loc, tmp, sha)
-    return assets.create(
+    return _create(
         locs.db(loc.id),
+        outbox,
+        loc,
         Asset(
             id=assets.new_asset_id(loc.id),
             location=loc.id,

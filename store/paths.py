@@ -111,6 +111,11 @@ class Layout:
         return self.root / "queue.db"
 
     @property
+    def outbox_db(self) -> Path:
+        """Database of what the bridge still owes S3."""
+        return self.root / "outbox.db"
+
+    @property
     def jobs_dir(self) -> Path:
         """Work folders of jobs: `{job_id}/...`, stage checkpoints."""
         return self.root / "jobs"

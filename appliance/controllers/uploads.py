@@ -259,7 +259,9 @@ def _rewind(fh: Any, offset: int) -> None:
 async def _finish(svc: Services, up: Upload) -> Upload:
     known = svc.upload_hashes.pop(up.id, None)
     digest = known[1].hexdigest() if known and known[0] == up.length else None
-    asset = await in_thread(ingest.finalize, svc.layout, svc.locations, svc.uploads, up, digest)
+    asset = await in_thread(
+        ingest.finalize, svc.layout, svc.locations, svc.uploads, svc.outbox, up, digest
+    )
     svc.metrics.uploads_completed.inc()
     if asset.kind == "capture" and svc.cfg.worker.auto_enqueue_capture:
         await in_thread(enqueue_capture_jobs, svc.queue, asset.id, asset.location)

@@ -15,6 +15,7 @@ from store import assets, blobs, ingest
 from store.config import StoreConfig
 from store.errors import ChecksumMismatch, Conflict, InvalidName, NotFound
 from store.locations import Location, Locations
+from store.outbox import Outbox
 from store.paths import Layout
 from store.uploads import Upload, Uploads
 
@@ -26,6 +27,7 @@ class Box:
     layout: Layout
     locs: Locations
     uploads: Uploads
+    outbox: Outbox
 
 
 @pytest.fixture
@@ -37,9 +39,11 @@ def box(tmp_path: Path) -> Iterator[Box]:
     locs = Locations(layout, cfg)
     locs.create(Location(id="loc1", account="acme", geo_prefix="u4pr", name="site"))
     ups = Uploads(layout, cfg)
+    outbox = Outbox(str(layout.outbox_db), cfg)
     try:
-        yield Box(layout, locs, ups)
+        yield Box(layout, locs, ups, outbox)
     finally:
+        outbox.close()
         ups.close()
         locs.close()
 
@@ -174,7 +178,7 @@ def test_finalize_stores_blob_and_asset_once(box: Box) -> None:
     """A complete upload becomes one blob and one asset; repeating finalize changes nothing."""
     data = b"helloworld"
     up = _write(box, _start(box, len(data)), data)
-    asset = ingest.finalize(box.layout, box.locs, box.uploads, up)
+    asset = ingest.finalize(box.layout, box.locs, box.uploads, box.outbox, up)
     sha = hashlib.sha256(data).hexdigest()
     assert asset.sha256 == sha
     assert asset.size == len(data)
@@ -184,16 +188,20 @@ def test_finalize_stores_blob_and_asset_once(box: Box) -> None:
     assert blobs.blob_path(box.layout, loc, sha).read_bytes() == data
     assert not box.layout.upload_part(up.id).exists()
     assert box.uploads.get(up.id).asset_id == asset.id
-    again = ingest.finalize(box.layout, box.locs, box.uploads, box.uploads.get(up.id))
+    again = ingest.finalize(box.layout, box.locs, box.uploads, box.outbox, box.uploads.get(up.id))
     assert again.id == asset.id
     assert box.uploads.pending_finalize() == []
+    # The bridge owes S3 this blob: one outbox row, named for the asset.
+    [owed] = box.outbox.pending()
+    assert (owed.asset_id, owed.sha256, owed.size) == (asset.id, sha, len(data))
+    assert (owed.account, owed.geo_prefix, owed.location) == ("acme", "u4pr", "loc1")
 
 
 def test_finalize_refuses_a_declared_digest_mismatch(box: Box) -> None:
     """A whole-file sha256 unlike the declared one stores nothing and discards the upload."""
     up = _write(box, _start(box, 3, sha256="0" * 64), b"abc")
     with pytest.raises(ChecksumMismatch):
-        ingest.finalize(box.layout, box.locs, box.uploads, up)
+        ingest.finalize(box.layout, box.locs, box.uploads, box.outbox, up)
     with pytest.raises(NotFound):
         box.uploads.get(up.id)
     loc = box.locs.get("loc1")
@@ -205,24 +213,28 @@ def test_finalize_accepts_a_matching_declared_digest(box: Box) -> None:
     """A declared sha256 that matches the bytes is accepted."""
     sha = hashlib.sha256(b"abc").hexdigest()
     up = _write(box, _start(box, 3, sha256=sha), b"abc")
-    assert ingest.finalize(box.layout, box.locs, box.uploads, up).sha256 == sha
+    assert ingest.finalize(box.layout, box.locs, box.uploads, box.outbox, up).sha256 == sha
 
 
 def test_resume_all_finishes_interrupted_uploads(box: Box) -> None:
     """Uploads that got every byte but no asset (a crash in between) are finished on startup."""
     up = _write(box, _start(box, 4), b"data")
-    assert ingest.resume_all(box.layout, box.locs, box.uploads) == 1
+    assert ingest.resume_all(box.layout, box.locs, box.uploads, box.outbox) == 1
     asset_id = box.uploads.get(up.id).asset_id
     assert asset_id is not None
     asset = assets.get(box.locs.db("loc1"), "loc1", asset_id)
     assert asset.size == 4
-    assert ingest.resume_all(box.layout, box.locs, box.uploads) == 0
+    assert ingest.resume_all(box.layout, box.locs, box.uploads, box.outbox) == 0
 
 
 def test_same_bytes_share_one_blob(box: Box) -> None:
     """Two uploads of the same bytes become two assets that point at one immutable blob."""
-    first = ingest.finalize(box.layout, box.locs, box.uploads, _write(box, _start(box, 3), b"abc"))
-    second = ingest.finalize(box.layout, box.locs, box.uploads, _write(box, _start(box, 3), b"abc"))
+    first = ingest.finalize(
+        box.layout, box.locs, box.uploads, box.outbox, _write(box, _start(box, 3), b"abc")
+    )
+    second = ingest.finalize(
+        box.layout, box.locs, box.uploads, box.outbox, _write(box, _start(box, 3), b"abc")
+    )
     assert first.id != second.id
     assert first.sha256 == second.sha256
     loc = box.locs.get("loc1")

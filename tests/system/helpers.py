@@ -1,13 +1,20 @@
-"""Client-side helpers for the system tests: locations, tus calls, on-disk checks."""
+"""Helpers for the system tests: locations, tus calls, on-disk checks, worker processes."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+from tests.conftest import ROOT
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = "application/offset+octet-stream"
@@ -139,3 +146,47 @@ def write_config(path: Path, toml: str) -> Path:
     """Write a config TOML file and return its path."""
     path.write_text(toml)
     return path
+
+
+class WorkerProc:
+    """A `fieldbox serve worker` process writing its log beside the data root."""
+
+    def __init__(self, data_dir: Path, config: Path) -> None:
+        self.log_path = data_dir.parent / f"worker-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "--config", str(config), "serve", "worker"],
+            env={**os.environ, "FIELDBOX_DATA": str(data_dir)},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def wait_job(
+    client: httpx.Client, job_id: str, until: set[str], timeout: float = 180
+) -> dict[str, Any]:
+    """Poll a job until its status is one of `until`; fail the test past `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in until:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {until}")

@@ -4,22 +4,18 @@ one that resumes at its last finished stage under a new worker."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from store.paths import Layout
 from store.queue import Queue
-from tests.conftest import ROOT, Server, make_config, make_token
+from tests.conftest import Server, make_config, make_token
 from tests.system.conftest import StartServer
-from tests.system.helpers import tus_create, tus_finish
+from tests.system.helpers import WorkerProc, tus_create, tus_finish, wait_job
 from tests.videos import moving_square_video
 
 CONFIG = """
@@ -32,37 +28,6 @@ poll_s = 0.1
 [perception]
 fps = 30.0
 """
-
-
-class WorkerProc:
-    """A `fieldbox serve worker` process writing its log beside the data root."""
-
-    def __init__(self, data_dir: Path, config: Path) -> None:
-        self.log_path = data_dir.parent / f"worker-{time.monotonic_ns()}.log"
-        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "--config", str(config), "serve", "worker"],
-            env={**os.environ, "FIELDBOX_DATA": str(data_dir)},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-
-    def kill(self) -> None:
-        """SIGKILL: the crash case."""
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self) -> None:
-        """SIGTERM and wait."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture
@@ -87,18 +52,6 @@ def box(tmp_path: Path, start_server: StartServer) -> Iterator[tuple[Server, htt
 def _upload(client: httpx.Client, path: Path) -> str:
     data = path.read_bytes()
     return tus_finish(client, tus_create(client, "site1", len(data), path.name), data)
-
-
-def _wait_job(
-    client: httpx.Client, job_id: str, until: set[str], timeout: float = 180
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in until:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never reached {until}")
 
 
 def _events(client: httpx.Client, job_id: str) -> list[str]:
@@ -128,7 +81,7 @@ def test_a_perception_job_runs_to_scene_facts(
     job = client.post("/v1/jobs", json={"kind": "perception", "asset_id": asset}).json()
     worker = WorkerProc(server.data_dir, config)
     try:
-        done = _wait_job(client, job["id"], {"succeeded", "failed", "dead"})
+        done = wait_job(client, job["id"], {"succeeded", "failed", "dead"})
     finally:
         worker.stop()
     assert done["status"] == "succeeded", (done, worker.log_path.read_text()[-3000:])
@@ -168,7 +121,7 @@ def test_kill_9_mid_job_resumes_at_the_last_finished_stage(
     assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
     second = WorkerProc(server.data_dir, config)
     try:
-        done = _wait_job(client, job["id"], {"succeeded", "failed", "dead"})
+        done = wait_job(client, job["id"], {"succeeded", "failed", "dead"})
     finally:
         second.stop()
     assert done["status"] == "succeeded", (done, second.log_path.read_text()[-3000:])

@@ -16,10 +16,6 @@ from perception.splat import run_splat
 from perception.splat.ply import property_names, read_ply
 from tests.perception.splat.conftest import FRAMES, Events, SplatRun, splat_config
 
-# The whole pipeline (SfM + CPU training) takes minutes on these 2-core machines: it runs
-# with `-m slow` (`make test-slow`), not in every `make test`.
-pytestmark = pytest.mark.slow
-
 
 def _align(src: NDArray[np.float64], dst: NDArray[np.float64]) -> NDArray[np.float64]:
     """`src` moved onto `dst` by the best similarity transform (Umeyama)."""

@@ -1,0 +1,93 @@
+"""A real S3 API for the tests: moto in server mode, as its own process on a free port.
+
+Objects live in the server's memory, so a stopped server forgets them: tests that stop S3
+for a while restart it on the same port and recreate their bucket.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import free_port
+
+ACCESS_KEY = "testing"
+SECRET_KEY = "testing"
+REGION = "us-east-1"
+
+
+class MotoServer:
+    """`python -m moto.server` on 127.0.0.1, started and stopped by the tests."""
+
+    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_dir / f"moto-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The endpoint URL clients use."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MotoServer:
+        """Start the server and wait until it answers."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):
+                    return self
+            except OSError as exc:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    tail = self.log_path.read_text()[-2000:]
+                    raise RuntimeError(f"moto did not start: {tail}") from exc
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stop the server (its objects are gone)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def client(self, endpoint: str | None = None) -> object:
+        """A plain boto3 S3 client for checking what arrived (not the code under test)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=endpoint or self.url,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name=REGION,
+        )
+
+
+def s3_toml(endpoint: str, bucket: str, prefix: str = "fieldbox", box_id: str = "box1") -> str:
+    """The `[bridge.s3]` config section pointing at a test server (path-style addressing)."""
+    return (
+        "[bridge.s3]\n"
+        f'bucket = "{bucket}"\n'
+        f'endpoint_url = "{endpoint}"\n'
+        f'region = "{REGION}"\n'
+        f'prefix = "{prefix}"\n'
+        f'box_id = "{box_id}"\n'
+        'addressing_style = "path"\n'
+    )
+
+
+def s3_env() -> dict[str, str]:
+    """Environment variables with the test credentials (the standard AWS names)."""
+    return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
