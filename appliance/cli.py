@@ -148,6 +148,30 @@ def serve_worker(ctx: Context) -> None:
     Worker(cfg, stop).run()
 
 
+@serve.command("bridge")
+@pass_ctx
+def serve_bridge(ctx: Context) -> None:
+    """The bridge: outbox and telemetry to S3, Litestream, drop folder, sync windows."""
+    import asyncio
+    import signal
+
+    from appliance.observe import configure_logging
+    from bridge.daemon import Bridge
+    from store.paths import Layout
+
+    cfg = ctx.cfg
+    configure_logging(cfg.log, "bridge")
+
+    async def main_loop() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)  # only a flag: the parts wind down
+        await Bridge(cfg.bridge, cfg.store, Layout(cfg.data_dir)).run(stop)
+
+    asyncio.run(main_loop())
+
+
 @main.command()
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Bind address of every process."

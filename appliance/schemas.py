@@ -67,6 +67,9 @@ class Health(msgspec.Struct, kw_only=True):
     process: str
     version: str
     uptime_s: float
+    bridge: dict[str, Any] | None = None
+    """The bridge's last status (S3 target, backlog, Litestream lag, last drill); None
+    when no bridge has run on this box."""
 
 
 class Readiness(msgspec.Struct, kw_only=True):

@@ -109,6 +109,7 @@ def run_up(
             f"http://{_client_host(host)}:{gw_port}/health",
         ),
         Child("worker", [*base, "serve", "worker"], None),
+        Child("bridge", [*base, "serve", "bridge"], None),
     ]
     token = first_admin_token(cfg)
     for child in children:

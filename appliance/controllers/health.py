@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from appliance import __version__
 from appliance.schemas import Health, Readiness, VersionInfo
 from appliance.services import Svc
+from bridge.daemon import read_status
 
 
 class HealthController(Controller):
@@ -21,11 +22,15 @@ class HealthController(Controller):
 
     tags = ["health"]
 
-    @get("/health")
-    async def health(self, svc: Svc) -> Health:
-        """Liveness: the process answers."""
+    @get("/health", sync_to_thread=True)
+    def health(self, svc: Svc) -> Health:
+        """Liveness: the process answers; with the bridge's last status when there is one."""
         return Health(
-            ok=True, process="api", version=__version__, uptime_s=time.time() - svc.started_at
+            ok=True,
+            process="api",
+            version=__version__,
+            uptime_s=time.time() - svc.started_at,
+            bridge=read_status(svc.layout),
         )
 
     @get("/ready", sync_to_thread=True)
