@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test test-slow bench-jobs lint typecheck pytest bench bench-quick crash-soak clean
+.PHONY: install up test bench-jobs lint typecheck pytest bench bench-quick crash-soak clean
 
 install: $(STAMP)
 
@@ -42,9 +42,6 @@ bench-quick: install
 
 bench-jobs: install
 	$(BIN)/python bench/bench_jobs.py
-
-test-slow: install
-	$(BIN)/pytest -q -m slow tests/perception/splat
 
 crash-soak: install
 	FIELDBOX_CRASH_ROUNDS=300 $(BIN)/pytest -q -m slow tests/system/test_crash.py

@@ -73,7 +73,7 @@ def test_a_splat_job_turns_a_video_into_a_ply_asset(
     write_video(video, frames=36)
     data = video.read_bytes()
     asset = tus_finish(c, tus_create(c, "site1", len(data), video.name), data)
-    resp = c.post("/v1/jobs", json={"kind": "splat", "asset_id": asset, "params": {"fps": 0.0}})
+    resp = c.post("/v1/jobs", json={"kind": "splat", "asset_id": asset, "params": {"fps": 12.0}})
     assert resp.status_code == 202, resp.text
     job = resp.json()
     worker = WorkerProc(server.data_dir, config)
