@@ -16,6 +16,7 @@ from appliance.committer import AsyncCommitter
 from appliance.config import FieldboxConfig
 from appliance.observe import Metrics
 from store import ingest, keys
+from store.assets import Asset
 from store.db import Database, Operation
 from store.keys import Verifier
 from store.locations import Locations
@@ -75,8 +76,16 @@ class Services:
         svc = cls(cfg, layout, locations, uploads, key_db, metrics or Metrics(), queue, outbox)
         if stopping is not None:
             svc.stopping = stopping
-        ingest.resume_all(layout, locations, uploads, outbox)
+        ingest.resume_all(layout, locations, uploads, outbox, on_created=svc.on_asset_created)
         return svc
+
+    def on_asset_created(self, asset: Asset) -> None:
+        """An upload became an asset: queue its capture jobs when configured (idempotent,
+        and run before the upload is marked done, so a crash cannot skip it)."""
+        if asset.kind == "capture" and self.cfg.worker.auto_enqueue_capture:
+            from appliance.jobs import enqueue_capture_jobs
+
+            enqueue_capture_jobs(self.queue, asset.id, asset.location)
 
     def free_disk_bytes(self) -> int:
         """Free bytes on the filesystem of the data root."""

@@ -6,6 +6,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,13 @@ def finalize(
     outbox: Outbox,
     up: Upload,
     digest: str | None = None,
+    on_created: Callable[[Asset], None] | None = None,
 ) -> Asset:
     """Verify, move into the blob store, create the asset, link it; safe to repeat after a crash.
 
     `digest` is the sha256 the caller computed while receiving, when it saw every byte.
+    `on_created` runs after the asset exists and before the upload is marked done, so a
+    crash in between runs it again on resume: it must be idempotent.
     """
     loc = locs.get(up.location)
     db = locs.db(loc.id)
@@ -70,6 +74,8 @@ def finalize(
                 upload_id=up.id,
             ),
         )
+    if on_created is not None:
+        on_created(done)
     uploads.mark_done(up.id, done.id)
     return done
 
@@ -92,12 +98,18 @@ def _create(db: Database, outbox: Outbox, loc: Location, asset: Asset) -> Asset:
     return assets.create(db, asset)
 
 
-def resume_all(layout: Layout, locs: Locations, uploads: Uploads, outbox: Outbox) -> int:
+def resume_all(
+    layout: Layout,
+    locs: Locations,
+    uploads: Uploads,
+    outbox: Outbox,
+    on_created: Callable[[Asset], None] | None = None,
+) -> int:
     """Finish every upload a crash interrupted between its last byte and its asset."""
     count = 0
     for up in uploads.pending_finalize():
         try:
-            finalize(layout, locs, uploads, outbox, up)
+            finalize(layout, locs, uploads, outbox, up, on_created=on_created)
             count += 1
         except (NotFound, ChecksumMismatch):
             continue

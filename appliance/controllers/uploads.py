@@ -12,7 +12,6 @@ from litestar.params import FromPath
 from appliance import tus
 from appliance.auth import FIELD_ACCESS
 from appliance.errors import ApiError
-from appliance.jobs import enqueue_capture_jobs
 from appliance.partwriter import PartWriter
 from appliance.services import Services, Svc, in_thread
 from store import ingest
@@ -259,10 +258,15 @@ def _rewind(fh: Any, offset: int) -> None:
 async def _finish(svc: Services, up: Upload) -> Upload:
     known = svc.upload_hashes.pop(up.id, None)
     digest = known[1].hexdigest() if known and known[0] == up.length else None
-    asset = await in_thread(
-        ingest.finalize, svc.layout, svc.locations, svc.uploads, svc.outbox, up, digest
+    await in_thread(
+        ingest.finalize,
+        svc.layout,
+        svc.locations,
+        svc.uploads,
+        svc.outbox,
+        up,
+        digest,
+        on_created=svc.on_asset_created,
     )
     svc.metrics.uploads_completed.inc()
-    if asset.kind == "capture" and svc.cfg.worker.auto_enqueue_capture:
-        await in_thread(enqueue_capture_jobs, svc.queue, asset.id, asset.location)
     return svc.uploads.get(up.id)

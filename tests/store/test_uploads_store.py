@@ -241,3 +241,20 @@ def test_same_bytes_share_one_blob(box: Box) -> None:
     path = blobs.blob_path(box.layout, loc, first.sha256)
     assert path.read_bytes() == b"abc"
     assert list(path.parent.iterdir()) == [path]
+
+
+def test_a_crash_after_the_asset_reruns_the_hook_on_resume(box: Box) -> None:
+    """The on-created hook (capture jobs) runs before the upload is marked done: a crash in
+    the hook leaves the upload to resume, which runs the hook again for the same asset."""
+    up = _write(box, _start(box, 4), b"data")
+
+    def crash(asset: assets.Asset) -> None:
+        raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError):
+        ingest.finalize(box.layout, box.locs, box.uploads, box.outbox, up, on_created=crash)
+    seen: list[assets.Asset] = []
+    assert ingest.resume_all(box.layout, box.locs, box.uploads, box.outbox, seen.append) == 1
+    [asset_id] = [a.id for a in seen]
+    assert box.uploads.get(up.id).asset_id == asset_id
+    assert len(box.outbox.pending()) == 1  # one asset, one row: the resume made no second
