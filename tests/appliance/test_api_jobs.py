@@ -120,3 +120,18 @@ def test_event_feed_refuses_bad_requests(client: Api, video_asset: str) -> None:
     bad = client.get(f"/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "x"})
     assert bad.status_code == 400
     assert client.get("/v1/jobs/job_0000000000000000/events").status_code == 404
+
+
+def test_a_capture_upload_queues_both_jobs_when_configured(tmp_path: Path) -> None:
+    """With `auto_enqueue_capture`, an upload of kind `capture` queues one perception and
+    one splat job for its asset; other kinds queue nothing."""
+    cfg = make_config(tmp_path / "data", "[worker]\nauto_enqueue_capture = true\n")
+    with TestClient(app=create_app(cfg)) as c:
+        c.headers["Authorization"] = f"Bearer {make_token(cfg)}"
+        make_location(c, "loc1")
+        data = moving_square_video(tmp_path / "walk.mp4", frames=8).read_bytes()
+        capture = upload(c, data, filename="walk.mp4", kind="capture")
+        upload(c, data + b"\0", filename="other.mp4", kind="video")
+        jobs = c.get("/v1/jobs").json()["items"]
+    assert sorted(j["kind"] for j in jobs) == ["perception", "splat"]
+    assert {j["payload"]["asset_id"] for j in jobs} == {capture}
