@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -26,6 +28,17 @@ def _queue(cfg: FieldboxConfig) -> Any:
     return Queue(str(layout.queue_db), cfg.store, cfg.queue)
 
 
+@contextmanager
+def _clean_errors() -> Iterator[None]:
+    # A missing job or a refused transition is a one-line message, not a traceback.
+    from store.errors import StoreError
+
+    try:
+        yield
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _job_line(job: Any) -> str:
     progress = f"{job.stage or '-'} {job.fraction:.0%}" if job.status == "running" else ""
     return f"{job.id}\t{job.kind}\t{job.status}\t{job.attempts}/{job.max_attempts}\t{progress}"
@@ -47,13 +60,9 @@ def jobs_list(ctx: Context, status: str | None, kind: str | None, limit: int) ->
 @pass_ctx
 def jobs_show(ctx: Context, job_id: str) -> None:
     """One job as JSON, with its events."""
-    from store.errors import NotFound
-
     queue = _queue(ctx.cfg)
-    try:
+    with _clean_errors():
         job = queue.get(job_id)
-    except NotFound as exc:
-        raise click.ClickException(str(exc)) from exc
     out = {"job": job, "events": queue.events(job_id)}
     click.echo(msgspec.json.format(msgspec.json.encode(out), indent=2))
 
@@ -65,14 +74,11 @@ def jobs_watch(ctx: Context, job_id: str) -> None:
     """Follow a job with a progress bar until it ends; exit 1 unless it succeeded."""
     import time
 
-    from store.errors import NotFound
     from store.queue import TERMINAL
 
     queue = _queue(ctx.cfg)
-    try:
+    with _clean_errors():
         job = queue.get(job_id)
-    except NotFound as exc:
-        raise click.ClickException(str(exc)) from exc
     last = 0
     with click.progressbar(length=1000, label=job.kind, show_eta=False) as bar:
         done = 0
@@ -99,13 +105,8 @@ def jobs_watch(ctx: Context, job_id: str) -> None:
 @pass_ctx
 def jobs_retry(ctx: Context, job_id: str) -> None:
     """Queue a failed, dead or cancelled job again."""
-    from store.errors import StoreError
-
-    try:
-        job = _queue(ctx.cfg).retry(job_id)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(_job_line(job))
+    with _clean_errors():
+        click.echo(_job_line(_queue(ctx.cfg).retry(job_id)))
 
 
 @jobs.command("cancel")
@@ -113,10 +114,5 @@ def jobs_retry(ctx: Context, job_id: str) -> None:
 @pass_ctx
 def jobs_cancel(ctx: Context, job_id: str) -> None:
     """Cancel a job (a running one stops at its worker's next progress report)."""
-    from store.errors import StoreError
-
-    try:
-        job = _queue(ctx.cfg).cancel(job_id)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(_job_line(job))
+    with _clean_errors():
+        click.echo(_job_line(_queue(ctx.cfg).cancel(job_id)))

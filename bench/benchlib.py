@@ -106,8 +106,32 @@ def free_port() -> int:
         return port
 
 
+class LoggedProcess:
+    """A child process with its output in `log_path`: stopped and read the same way."""
+
+    proc: subprocess.Popen[bytes] | None
+    log_path: Path
+    _log: IO[bytes] | None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s; close the log file."""
+        stop_process(self.proc)
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines the process wrote (for error reports)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
 @dataclass
-class ApiServer:
+class ApiServer(LoggedProcess):
     """A real `fieldbox serve api` process on a free port, its log in a file."""
 
     data_dir: Path
@@ -204,22 +228,6 @@ class ApiServer:
             expect_2xx(resp, "POST /v1/locations")
         finally:
             conn.close()
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s; close the log file."""
-        stop_process(self.proc)
-        self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def log_tail(self, lines: int = 20) -> str:
-        """The last lines the server wrote (for error reports)."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 def _die_with_parent() -> None:

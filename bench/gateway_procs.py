@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from benchlib import ROOT, BenchError, child_options, free_port, stop_process
+from benchlib import ROOT, BenchError, LoggedProcess, child_options, free_port, stop_process
 from gateway_client import Conn
 
 BENCH = Path(__file__).resolve().parent
@@ -22,7 +22,7 @@ MODEL = "bench-model"  # the fake upstream's model name, served under the same n
 SLOW_MODEL = "bench-model-slow"  # the same, answered --slow-ms later by the fake upstream
 
 
-class Proc:
+class Proc(LoggedProcess):
     """One helper process on `port`, its stdout and stderr in `log_path`."""
 
     def __init__(self, name: str, run_dir: Path, env: dict[str, str] | None = None) -> None:
@@ -76,22 +76,6 @@ class Proc:
     def pid(self) -> int:
         """The process id (0 before start)."""
         return self.proc.pid if self.proc else 0
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s; close the log."""
-        stop_process(self.proc)
-        self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def log_tail(self, lines: int = 15) -> str:
-        """The last lines of the log."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 class FakeUpstream(Proc):
