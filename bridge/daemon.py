@@ -9,6 +9,7 @@ resumable and Litestream gets its SIGTERM last (after the last write it must shi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -59,7 +60,7 @@ def now_in(cfg: BridgeConfig) -> datetime:
 
 
 async def check_remote(cfg: BridgeConfig) -> str:
-    """"ok", "no remote", or a readable reason the S3 target cannot be used."""
+    """ "ok", "no remote", or a readable reason the S3 target cannot be used."""
     if not cfg.remote:
         return "no remote: [bridge.s3] bucket is not set; the outbox keeps everything"
     try:
@@ -110,7 +111,9 @@ class Bridge:
         self.replicator = Replicator(cfg, store, layout, self.locs)
         self.uploader = Uploader(cfg, layout, self.locs, self.outbox, self.throttle)
         self.telemetry = TelemetryShipper(cfg, layout)
-        self.drop = DropFolder(cfg, layout, self.locs, self.outbox) if cfg.drop_folder.path else None
+        self.drop = (
+            DropFolder(cfg, layout, self.locs, self.outbox) if cfg.drop_folder.path else None
+        )
 
     def upload_allowed(self) -> bool:
         """True while blob uploads may run (inside a sync window, or no windows set)."""
@@ -224,7 +227,8 @@ class Bridge:
                 await factory()
                 return
             except Exception as exc:
-                self.log.error("bridge_part_crashed", part=name, error=f"{type(exc).__name__}: {exc}")
+                error = f"{type(exc).__name__}: {exc}"
+                self.log.error("bridge_part_crashed", part=name, error=error)
                 await _wait(stop, 5.0)
 
     def _expire_uploads(self) -> int:
@@ -238,7 +242,5 @@ class Bridge:
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
