@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from appliance.app import create_app
 from appliance.config import FieldboxConfig, parse_config
 from store import keys
 from store.paths import Layout
+from tests.bridge.s3server import Bucket, MotoServer, s3_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,3 +135,26 @@ def server(cfg: FieldboxConfig) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
+
+
+# --- a real S3 API (moto's server) for the bridge and system tests -------------------
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """A moto S3 server process shared by the session's tests."""
+    pytest.importorskip("moto")
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    """A new empty bucket; the AWS credential variables point at the test server's keys."""
+    for name, value in s3_env().items():
+        monkeypatch.setenv(name, value)
+    name = f"t-{secrets.token_hex(6)}"
+    s3 = moto_server.client()
+    s3.create_bucket(Bucket=name)  # type: ignore[attr-defined]
+    return Bucket(moto_server, name, s3)

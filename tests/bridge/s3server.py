@@ -6,24 +6,31 @@ for a while restart it on the same port and recreate their bucket.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-
-from tests.conftest import free_port
+from typing import Any
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
 REGION = "us-east-1"
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class MotoServer:
     """`python -m moto.server` on 127.0.0.1, started and stopped by the tests."""
 
     def __init__(self, log_dir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
+        self.port = port or _free_port()
         self.log_path = log_dir / f"moto-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -91,3 +98,31 @@ def s3_toml(endpoint: str, bucket: str, prefix: str = "fieldbox", box_id: str = 
 def s3_env() -> dict[str, str]:
     """Environment variables with the test credentials (the standard AWS names)."""
     return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+
+
+@dataclass
+class Bucket:
+    """A fresh bucket on the session's server, and a boto3 client to look into it."""
+
+    server: MotoServer
+    name: str
+    client: Any
+
+    @property
+    def endpoint(self) -> str:
+        """The server's URL."""
+        return self.server.url
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key under `prefix`."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.name, Prefix=prefix
+        )
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+    def multipart_uploads(self) -> list[dict[str, Any]]:
+        """Multipart uploads started and neither completed nor aborted."""
+        uploads: list[dict[str, Any]] = self.client.list_multipart_uploads(Bucket=self.name).get(
+            "Uploads", []
+        )
+        return uploads

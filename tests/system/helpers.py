@@ -148,15 +148,21 @@ def write_config(path: Path, toml: str) -> Path:
     return path
 
 
-class WorkerProc:
-    """A `fieldbox serve worker` process writing its log beside the data root."""
+class DaemonProc:
+    """A `fieldbox serve worker` (or `serve bridge`) process, its log beside the data root."""
 
-    def __init__(self, data_dir: Path, config: Path) -> None:
-        self.log_path = data_dir.parent / f"worker-{time.monotonic_ns()}.log"
+    def __init__(
+        self,
+        data_dir: Path,
+        config: Path,
+        process: str = "worker",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.log_path = data_dir.parent / f"{process}-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "--config", str(config), "serve", "worker"],
-            env={**os.environ, "FIELDBOX_DATA": str(data_dir)},
+            [sys.executable, "-m", "appliance", "--config", str(config), "serve", process],
+            env={**os.environ, "FIELDBOX_DATA": str(data_dir), **(env or {})},
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -167,8 +173,8 @@ class WorkerProc:
         self.proc.kill()
         self.proc.wait()
 
-    def stop(self) -> None:
-        """SIGTERM and wait."""
+    def stop(self) -> int:
+        """SIGTERM and wait; the exit code."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -177,6 +183,7 @@ class WorkerProc:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        return int(self.proc.returncode)
 
 
 def wait_job(
@@ -190,3 +197,6 @@ def wait_job(
             return job
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} never reached {until}")
+
+
+WorkerProc = DaemonProc
