@@ -43,6 +43,11 @@ bench-quick: install
 bench-jobs: install
 	$(BIN)/python bench/bench_jobs.py
 
+# Blob uploads: the bridge next to boto3's TransferManager on a local moto S3 server.
+.PHONY: bench-bridge
+bench-bridge: install
+	$(BIN)/python bench/bench_bridge.py
+
 crash-soak: install
 	FIELDBOX_CRASH_ROUNDS=300 $(BIN)/pytest -q -m slow tests/system/test_crash.py
 

@@ -298,8 +298,10 @@ def uploads_clean(ctx: Context) -> None:
 
 def _register_subgroups() -> None:
     from appliance.cli_jobs import jobs
+    from appliance.cli_sync import sync
 
     main.add_command(jobs)
+    main.add_command(sync)
 
 
 _register_subgroups()

@@ -1,0 +1,190 @@
+"""A loopback TCP proxy that puts faults between a client and one upstream server.
+
+It runs its own asyncio loop in a thread, so synchronous tests and code under test on
+another loop can both use it. Faults switch at run time and apply at once, to connections
+already open as well as new ones:
+
+    proxy = FaultProxy("127.0.0.1", upstream_port).start()
+    client_url = proxy.url
+    proxy.latency(0.05)        # pass-through, 50 ms added before each chunk is forwarded
+    proxy.bandwidth(256_000)   # pass-through, client->server capped at 256 kB/s
+    proxy.reset()              # every open connection gets an RST; new ones are reset at once
+    proxy.down()               # nothing listens on the port (connection refused); open ones RST
+    proxy.blackhole()          # accepts, never forwards or answers: a half-open link
+    proxy.passthrough()        # back to normal (latency and bandwidth limits cleared)
+    proxy.stop()
+
+`bytes_up` / `bytes_down` count what was forwarded each way, `connections` what was accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import threading
+from collections.abc import Coroutine
+from typing import Any, Literal
+
+Mode = Literal["pass", "reset", "down", "blackhole"]
+_CHUNK = 64 * 1024
+
+
+class FaultProxy:
+    """A TCP proxy from a free loopback port to `host:port`, with switchable faults."""
+
+    def __init__(self, host: str, port: int, listen_port: int | None = None) -> None:
+        self.upstream = (host, port)
+        self.port = listen_port or _free_port()
+        self.mode: Mode = "pass"
+        self.latency_s = 0.0
+        self.bytes_per_s = 0
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.connections = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:<port>`: the endpoint clients use instead of the upstream's."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultProxy:
+        """Start the loop thread and listen; returns self."""
+        self._thread.start()
+        self._run(self._listen())
+        return self
+
+    def stop(self) -> None:
+        """Close every connection and the listener, and end the thread."""
+        self._run(self._shutdown(close_listener=True))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def passthrough(self) -> None:
+        """Forward everything unchanged (clears latency and bandwidth limits; listens again)."""
+        self.latency_s, self.bytes_per_s = 0.0, 0
+        self._set("pass")
+
+    def latency(self, seconds: float) -> None:
+        """Pass-through with `seconds` added before each forwarded chunk, both ways."""
+        self.latency_s = seconds
+        self._set("pass")
+
+    def bandwidth(self, bytes_per_s: int) -> None:
+        """Pass-through with client->server bytes capped at `bytes_per_s` (0: no cap)."""
+        self.bytes_per_s = bytes_per_s
+        self._set("pass")
+
+    def reset(self) -> None:
+        """Send an RST on every open connection and on each new one."""
+        self._set("reset")
+
+    def down(self) -> None:
+        """Stop listening (new connections are refused) and RST the open ones."""
+        self._set("down")
+
+    def blackhole(self) -> None:
+        """Accept connections and swallow what arrives; never forward, never answer."""
+        self._set("blackhole")
+
+    def _set(self, mode: Mode) -> None:
+        self._run(self._switch(mode))
+
+    def _run(self, coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    async def _switch(self, mode: Mode) -> None:
+        self.mode = mode
+        if mode in ("reset", "down"):
+            await self._shutdown(close_listener=mode == "down")
+        if mode != "down" and self._server is None:
+            await self._listen()
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, reuse_address=True
+        )
+
+    async def _shutdown(self, close_listener: bool) -> None:
+        if close_listener and self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            _rst(writer)
+        self._writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        if self.mode == "reset":
+            _rst(writer)
+            return
+        self._writers.add(writer)
+        try:
+            if self.mode == "blackhole":
+                await self._swallow(reader)
+                return
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            except OSError:
+                _rst(writer)
+                return
+            self._writers.add(up_writer)
+            try:
+                await asyncio.gather(
+                    self._pump(reader, up_writer, upstream=True),
+                    self._pump(up_reader, writer, upstream=False),
+                )
+            finally:
+                self._writers.discard(up_writer)
+                up_writer.close()
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _swallow(self, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(OSError):
+            while await reader.read(_CHUNK):
+                pass
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool
+    ) -> None:
+        try:
+            while data := await reader.read(_CHUNK):
+                if self.mode == "blackhole":
+                    await self._swallow(reader)  # a link that died mid-conversation
+                    return
+                if self.latency_s:
+                    await asyncio.sleep(self.latency_s)
+                if upstream and self.bytes_per_s:
+                    await asyncio.sleep(len(data) / self.bytes_per_s)
+                writer.write(data)
+                await writer.drain()
+                if upstream:
+                    self.bytes_up += len(data)
+                else:
+                    self.bytes_down += len(data)
+            if writer.can_write_eof():
+                writer.write_eof()
+        except OSError:
+            _rst(writer)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rst(writer: asyncio.StreamWriter) -> None:
+    # SO_LINGER with a zero timeout turns close() into an RST, as a dropped link looks.
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
