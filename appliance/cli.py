@@ -127,17 +127,22 @@ def serve_gateway(ctx: Context, host: str | None, port: int | None) -> None:
 
 
 @serve.command("worker")
+@click.option("--undrain", is_flag=True, help="Clear the box's drain flag first.")
 @pass_ctx
-def serve_worker(ctx: Context) -> None:
+def serve_worker(ctx: Context, undrain: bool) -> None:
     """The job worker (perception and splat pipelines)."""
     import signal
     import threading
 
     from appliance.observe import configure_logging
     from appliance.worker import Worker
+    from appliance.workers import clear_drain
+    from store.paths import Layout
 
     cfg = ctx.cfg
     configure_logging(cfg.log, "worker")
+    if undrain:
+        clear_drain(Layout(cfg.data_dir))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -297,11 +302,15 @@ def uploads_clean(ctx: Context) -> None:
 
 
 def _register_subgroups() -> None:
+    from appliance.cli_fleet import drain
     from appliance.cli_jobs import jobs
     from appliance.cli_sync import sync
+    from appliance.cli_tunnel import tunnel
 
+    main.add_command(drain)
     main.add_command(jobs)
     main.add_command(sync)
+    main.add_command(tunnel)
 
 
 _register_subgroups()

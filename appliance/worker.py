@@ -3,7 +3,9 @@
 Each slot thread claims a job, runs its pipeline in `jobs/{id}/` (stages resume after a
 crash), renews the lease by heartbeat, and records the outcome. Signals only set the stop
 event; on stop every running job is interrupted at its next progress report and released
-back to the queue, where it resumes at its last finished stage.
+back to the queue, where it resumes at its last finished stage. While the box's drain flag
+is set the slots claim nothing new. Under systemd the main loop (the heartbeat) says
+READY=1 once the slots run, pings the watchdog, and says STOPPING=1 when the stop begins.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from typing import Any
 
 import structlog
 
+from appliance import sdnotify
 from appliance.config import FieldboxConfig
 from appliance.worker_tasks import execute
-from appliance.workers import gpu_status, remove_status, write_status
+from appliance.workers import gpu_status, is_draining, remove_status, write_status
 from perception.progress import Cancelled, InvalidInput, OutOfMemory, Reporter
 from perception.segment.base import SegmenterUnavailable
 from store.errors import Conflict, StoreError
@@ -31,6 +34,9 @@ from store.paths import Layout
 from store.queue import Job, Queue
 
 _PROGRESS_EVERY_S = 0.5
+# How long a stop waits for the slots to release their jobs (a stage that reports no
+# progress cannot be interrupted sooner); the unit's TimeoutStopSec is longer than this.
+_STOP_GRACE_S = 60.0
 
 
 @dataclass
@@ -68,17 +74,44 @@ class Worker:
         for thread in slots:
             thread.start()
         self.log.info("worker_started", worker=self.id, slots=len(slots))
-        while not self.stop.wait(self.cfg.worker.heartbeat_s):
-            self._heartbeat()
+        shown = self._status_line()
+        sdnotify.ready(shown)
+        self._main_loop(shown)
+        sdnotify.stopping(f"releasing {len(self.running)} running jobs")
         for item in list(self.running.values()):
             item.stop.set()
+        deadline = time.monotonic() + _STOP_GRACE_S
         for thread in reversed(slots):
-            thread.join(timeout=60)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in slots):
+            # Their leases expire and another worker resumes the jobs at their last stage.
+            self.log.warning("worker_stop_slow", running=list(self.running))
         remove_status(self.layout, self.id)
         self.outbox.close()
         self.locations.close()
         self.queue.close()
         self.log.info("worker_stopped", worker=self.id)
+
+    def _main_loop(self, shown: str) -> None:
+        # Heartbeats and watchdog pings come from this one loop: if it hangs (a stuck
+        # database, a frozen process) the pings stop and systemd restarts the worker.
+        beat_s = self.cfg.worker.heartbeat_s
+        tick = min(beat_s, sdnotify.ping_every_s(beat_s) or beat_s)
+        next_beat = time.monotonic() + beat_s
+        while not self.stop.wait(tick):
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + beat_s
+                self._heartbeat()
+            sdnotify.watchdog_ping()
+            line = self._status_line()
+            if line != shown:
+                shown = line
+                sdnotify.status(line)
+
+    def _status_line(self) -> str:
+        jobs = ", ".join(f"{r.job.kind} {r.job.id}" for r in list(self.running.values()))
+        state = "draining" if is_draining(self.layout) else "claiming"
+        return f"{state}; running: {jobs or 'nothing'}"
 
     def _heartbeat(self) -> None:
         for item in list(self.running.values()):
@@ -94,6 +127,7 @@ class Worker:
                 "pid": os.getpid(),
                 "concurrency": self.cfg.worker.concurrency,
                 "kinds": self.cfg.worker.kinds,
+                "draining": is_draining(self.layout),
                 "running": [
                     {
                         "job_id": r.job.id,
@@ -109,6 +143,9 @@ class Worker:
 
     def _slot(self) -> None:
         while not self.stop.is_set():
+            if is_draining(self.layout):
+                self.stop.wait(self.cfg.worker.poll_s)
+                continue
             try:
                 job = self.queue.claim(self.id, self.cfg.worker.kinds)
             except StoreError as exc:
@@ -117,7 +154,19 @@ class Worker:
             if job is None:
                 self.stop.wait(self.cfg.worker.poll_s)
                 continue
+            if is_draining(self.layout):
+                # The flag went up between the check and the claim: `fieldbox drain --wait`
+                # may already have looked at the queue, so give the job straight back.
+                self._give_back(job)
+                continue
             self._run(job)
+
+    def _give_back(self, job: Job) -> None:
+        try:
+            self.queue.release(job.id, self.id)
+            self.log.info("job_released", job_id=job.id, reason="draining")
+        except StoreError as exc:
+            self.log.warning("job_release_failed", job_id=job.id, error=repr(exc))
 
     def _run(self, job: Job) -> None:
         item = Running(job)

@@ -1,14 +1,21 @@
-"""Worker status files: each worker writes `workers/{id}.json`; the api reads them."""
+"""Worker status files (`workers/{id}.json`, read by the api) and the box's drain flag.
+
+The drain flag is a file, `{data}/drain`: a draining box's workers finish (or, when
+stopped, release) what they run and claim nothing new. It outlives restarts on purpose,
+so a box drained for maintenance stays drained until someone says otherwise.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from store.paths import Layout
+from store.queue import Job, Queue
 
 STALE_AFTER_S = 30.0
 
@@ -63,3 +70,61 @@ def gpu_status() -> dict[str, Any] | None:
         "memory_used_bytes": int(total - free),
         "memory_total_bytes": int(total),
     }
+
+
+def drain_path(layout: Layout) -> Path:
+    """The drain flag's file under the data root."""
+    return layout.root / "drain"
+
+
+def set_drain(layout: Layout, reason: str = "") -> None:
+    """Start draining: workers claim no new jobs from now on (idempotent)."""
+    path = drain_path(layout)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".drain.tmp")
+    tmp.write_text(json.dumps({"since": time.time(), "reason": reason, "pid": os.getpid()}))
+    os.replace(tmp, path)
+
+
+def clear_drain(layout: Layout) -> bool:
+    """Stop draining; True if the box was draining."""
+    try:
+        drain_path(layout).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def is_draining(layout: Layout) -> bool:
+    """True while the drain flag is set."""
+    return drain_path(layout).exists()
+
+
+def running_here(queue: Queue, host: str | None = None) -> list[Job]:
+    """Running jobs held by a worker on this host that is still alive.
+
+    Worker ids are `{host}-{pid}-{random}`. A lease can lapse while its worker lives (a
+    heartbeat stalled on a busy box; the next one renews it), so a live process counts
+    too; a lease left by a dead worker holds nothing up once it has expired.
+    """
+    prefix = f"{host or socket.gethostname()}-"
+    now = time.time()
+    return [
+        job
+        for job in queue.list(status="running", limit=1000)
+        if (job.lease_owner or "").startswith(prefix)
+        and ((job.lease_expires or 0) > now or _process_alive(job.lease_owner or ""))
+    ]
+
+
+def _process_alive(worker_id: str) -> bool:
+    parts = worker_id.rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except PermissionError:
+        return True  # it exists, under another user (the fieldbox service user)
+    except OSError:
+        return False
+    return True
