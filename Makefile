@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Browser-side packages of the admin page (appliance/admin/vendor, gitignored).
+ADMIN_NPM := uplot@1.6.32
 
 .PHONY: install up test bench-jobs lint typecheck pytest bench bench-quick crash-soak clean
 
@@ -19,6 +21,14 @@ $(STAMP): pyproject.toml
 	# as root, where Debian's systemd package has it. Elsewhere the test says what is missing.
 	command -v systemd-analyze >/dev/null || ! command -v apt-get >/dev/null || \
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd; }
+	# The admin page's browser tests drive Debian's headless Chromium through chromedriver.
+	command -v chromedriver >/dev/null || ! command -v apt-get >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+	# The admin page's chart library, from the npm registry, served by the api (no CDN).
+	command -v npm >/dev/null || ! command -v apt-get >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends npm; }
+	npm install --prefix appliance/admin/vendor --no-save --no-package-lock --no-audit \
+	  --no-fund --ignore-scripts --silent $(ADMIN_NPM)
 	touch $(STAMP)
 
 up: install

@@ -15,6 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from appliance import __version__
+from appliance.admin import AdminSite, admin_router, admin_templates
 from appliance.auth import authorize
 from appliance.config import FieldboxConfig
 from appliance.controllers.assets import AssetController
@@ -25,7 +26,7 @@ from appliance.controllers.locations import LocationController
 from appliance.controllers.projects import ProjectController
 from appliance.controllers.uploads import UploadController
 from appliance.errors import EXCEPTION_HANDLERS
-from appliance.observe import Metrics, RequestObserver
+from appliance.observe import RECENT, Metrics, RequestObserver
 from appliance.services import Services, in_thread
 
 
@@ -50,6 +51,8 @@ def create_app(cfg: FieldboxConfig) -> Litestar:
     """Build the field API for one config; resources open in the lifespan, close after it."""
     metrics = Metrics()
     stopping = threading.Event()
+    admin = AdminSite.build(cfg)
+    RECENT.keep(cfg.admin.log_events)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -73,11 +76,13 @@ def create_app(cfg: FieldboxConfig) -> Litestar:
             AssetController,
             ProjectController,
             JobController,
+            *([admin_router()] if cfg.admin.enabled else []),
         ],
+        template_config=admin_templates(),
         dependencies={"svc": Provide(_provide_services, sync_to_thread=False, use_cache=True)},
         before_request=authorize,
         exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=[lifespan],
+        lifespan=[lifespan, admin.lifespan] if cfg.admin.enabled else [lifespan],
         openapi_config=OpenAPIConfig(
             title="fieldbox field API",
             version=__version__,
@@ -88,7 +93,7 @@ def create_app(cfg: FieldboxConfig) -> Litestar:
             security=[{"bearer": []}],
         ),
         request_max_body_size=cfg.api.max_document_bytes + 64 * 1024,
-        state=State({"stopping": stopping}),
+        state=State({"stopping": stopping, "admin": admin}),
         debug=False,
         logging_config=None,
     )

@@ -76,6 +76,43 @@ class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """An upload with kind=capture queues a perception and a splat job for it."""
 
 
+class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The `[admin]` section: the local admin page at `/admin` on the api's port."""
+
+    enabled: bool = True
+    """Serve the admin page at `/admin` (sign-in with a key that has the `admin` scope)."""
+
+    allow_networks: list[str] = msgspec.field(default_factory=list)
+    """Client networks (CIDRs) allowed besides loopback and the private LAN ranges."""
+
+    allow_any_network: bool = False
+    """Let clients from any address reach the admin page, not only LAN ones."""
+
+    session_idle_minutes: PositiveFloat = 60.0
+    """A session with no request for this long is signed out."""
+
+    session_max_hours: PositiveFloat = 12.0
+    """A session ends this long after sign-in, however busy."""
+
+    log_events: Annotated[int, msgspec.Meta(ge=100, le=100_000)] = 2000
+    """Recent log events the api keeps in memory for the admin page's log view."""
+
+
+def check_admin(admin: AdminConfig) -> list[tuple[str, str]]:
+    """(dotted key, problem): admin networks that are not CIDRs."""
+    import ipaddress
+
+    problems: list[tuple[str, str]] = []
+    for cidr in admin.allow_networks:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            problems.append(
+                ("admin.allow_networks", f"admin.allow_networks: {cidr!r} is not a CIDR")
+            )
+    return problems
+
+
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The `[log]` section: structured logs on stdout."""
 
@@ -97,6 +134,9 @@ class FieldboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     """Logging, shared by every process."""
+
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    """The local admin page served by the api (package `appliance.admin`)."""
 
     inference: InferenceConfig = msgspec.field(default_factory=InferenceConfig)
     """Model backends and aliases (package `inference`)."""
@@ -191,7 +231,10 @@ def parse_config(text: str, source: str = "<string>") -> FieldboxConfig:
     cfg = msgspec.convert(raw, FieldboxConfig)
     # Rules across fields (an open gateway, aliases naming nothing) come after the types.
     semantic = (
-        check_gateway(cfg.gateway) + check_inference(cfg.inference) + check_bridge(cfg.bridge)
+        check_gateway(cfg.gateway)
+        + check_inference(cfg.inference)
+        + check_bridge(cfg.bridge)
+        + check_admin(cfg.admin)
     )
     if semantic:
         raise ConfigError(source, [ConfigProblem(_line_of(lines, k), m) for k, m in semantic])

@@ -7,6 +7,7 @@ import re
 import secrets
 import sys
 import time
+from collections import deque
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -18,6 +19,27 @@ from structlog.contextvars import bind_contextvars, clear_contextvars
 from appliance.config import LogConfig
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class RecentEvents:
+    """A bounded in-memory copy of this process's latest log events (the admin log view)."""
+
+    def __init__(self) -> None:
+        self.events: deque[dict[str, Any]] = deque(maxlen=0)
+
+    def keep(self, size: int) -> None:
+        """Keep the last `size` events from now on (0 keeps none)."""
+        self.events = deque(self.events, maxlen=size)
+
+    def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> Any:
+        """structlog processor: remember a copy, pass the event on unchanged."""
+        if self.events.maxlen:
+            self.events.append({k: v for k, v in event.items() if k[:1] != "_"})
+        return event
+
+
+RECENT = RecentEvents()
+"""The events of this process, once `RECENT.keep(n)` was called (the api does)."""
 
 
 def configure_logging(cfg: LogConfig, process: str) -> None:
@@ -39,6 +61,7 @@ def configure_logging(cfg: LogConfig, process: str) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_process(process),
+        RECENT,
     ]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, direct],

@@ -1,0 +1,1 @@
+"""One controller per section of the admin page."""

@@ -1,0 +1,46 @@
+"""`/admin`: is the box healthy, and what is it doing."""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any
+
+from litestar import Controller, Request, get
+from litestar.response import Template
+
+from appliance import __version__
+from appliance.admin.boxstate import gateway_facts, machine, processes
+from appliance.admin.site import page, session_of
+from appliance.services import Services, Svc, in_thread
+from appliance.workers import is_draining
+
+
+def _overview(svc: Services, token: str) -> dict[str, Any]:
+    gateway = gateway_facts(svc.cfg, svc.layout, token)
+    rows = processes(svc.cfg, svc.layout, svc.started_at, gateway)
+    backlog = svc.outbox.backlog()
+    return {
+        "rows": rows,
+        "healthy": all(r.state == "ok" for r in rows),
+        "machine": machine(svc.layout),
+        "backlog": backlog,
+        "jobs": svc.queue.counts(),
+        "draining": is_draining(svc.layout),
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "uptime_s": time.time() - svc.started_at,
+        "data_dir": str(svc.layout.root),
+    }
+
+
+class OverviewController(Controller):
+    """The first page: processes, machine, last sync."""
+
+    path = "/"
+
+    @get("/")
+    async def overview(self, request: Request[Any, Any, Any], svc: Svc) -> Template:
+        """Version, uptime, each process's health and restarts, CPU/RAM/disk/GPU, last sync."""
+        facts = await in_thread(_overview, svc, session_of(request).token)
+        return page(request, "overview.html", "overview", app_version=__version__, **facts)
