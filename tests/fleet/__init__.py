@@ -1,0 +1,1 @@
+"""Tests of the Ansible playbooks (ansible/) against a throwaway target."""
