@@ -123,7 +123,6 @@ class Child:
             "health_url": self.health_url,
         }
 
-
     def stop(self, timeout: float) -> None:
         """SIGTERM, then SIGKILL after `timeout` seconds."""
         if self.proc is None or self.proc.poll() is not None:

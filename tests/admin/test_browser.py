@@ -1,0 +1,292 @@
+"""The admin page in Debian's headless Chromium against a real `fieldbox up`, populated with
+real state: sign in, every section, retry a failed job, create and revoke a key, sign out.
+No page may log a JavaScript error; screenshots land in artifacts/admin/."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.admin.box import Box, populate, start_box
+from tests.conftest import ROOT
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.chrome.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SHOTS = ROOT / "artifacts" / "admin"
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,900",
+)
+
+if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):
+    pytest.skip(
+        "needs chromium and chromium-driver (make install adds them)", allow_module_level=True
+    )
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
+    """One populated `fieldbox up` for the whole module."""
+    tmp = tmp_path_factory.mktemp("adminbox")
+    running = start_box(tmp)
+    try:
+        populate(running, tmp)
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    """Headless Chromium with a fresh profile, its console log kept."""
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium')}")
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def js_errors(driver: WebDriver) -> list[str]:
+    """Console errors logged since the last call."""
+    logs: list[dict[str, str]] = driver.get_log("browser")  # type: ignore[no-untyped-call]
+    return [e["message"] for e in logs if e["level"] == "SEVERE"]
+
+
+def visit(driver: WebDriver, box: Box, path: str, shot: str = "") -> None:
+    """Open a page, let its scripts run, fail on any JavaScript error; maybe a screenshot."""
+    driver.get(box.url + path)
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
+    time.sleep(0.3)
+    if shot:
+        driver.save_screenshot(str(SHOTS / f"{shot}.png"))
+    assert js_errors(driver) == [], f"JavaScript errors on {path}"
+
+
+def text(driver: WebDriver, css: str) -> str:
+    """The visible text of the first element matching `css`."""
+    return str(driver.find_element(By.CSS_SELECTOR, css).text)
+
+
+def submit(driver: WebDriver, css: str) -> None:
+    """Click a button and wait for the next page to load."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.CSS_SELECTOR, css).click()
+    WebDriverWait(driver, 60).until(lambda d: old.id != d.find_element(By.TAG_NAME, "html").id)
+
+
+def test_sign_in_and_overview(browser: WebDriver, box: Box) -> None:
+    """/admin without a session lands on the sign-in form; the admin key from `up` opens the
+    overview with every process healthy and the machine's numbers."""
+    visit(browser, box, "/admin")
+    assert "/admin/login" in browser.current_url
+    browser.find_element(By.ID, "token").send_keys(box.token)
+    submit(browser, "#sign-in")
+    assert browser.current_url == box.url + "/admin"
+    visit(browser, box, "/admin", "overview")
+    procs = {
+        r.get_attribute("data-process"): r.text
+        for r in browser.find_elements(By.CSS_SELECTOR, "#processes tbody tr")
+    }
+    for name in ("api", "gateway", "worker", "bridge"):
+        assert name in procs, procs
+    assert " ok " in f" {procs['api']} " and " ok " in f" {procs['gateway']} ", procs
+    assert " ok " in f" {procs['worker']} ", procs
+    assert any(n.startswith("backend ") and " ok " in f" {t} " for n, t in procs.items() if n)
+    assert "fieldbox 0.1.0" in text(browser, "#version")
+    assert "cores" in text(browser, "#machine") and "free of" in text(browser, "#machine")
+    assert "succeeded" in text(browser, "#job-counts")
+
+
+def test_models_answers_a_prompt_through_the_gateway(browser: WebDriver, box: Box) -> None:
+    """The backends table shows the embedded model healthy; the prompt box gets an answer
+    from it, and the last-hour charts then count that call."""
+    visit(browser, box, "/admin/models")
+    assert "smollm2-135m" in text(browser, "#backends") and "healthy" in text(browser, "#backends")
+    browser.find_element(By.ID, "try-prompt").send_keys("Say hello.")
+    submit(browser, "#try-send")
+    time.sleep(0.5)
+    answer = text(browser, "#try-answer")
+    assert answer.strip() and "HTTP" not in answer, answer
+    visit(browser, box, "/admin/models", "models")
+    calls = int(text(browser, "#calls-total").split()[0])
+    assert calls >= 1
+    assert browser.find_elements(By.CSS_SELECTOR, ".chart canvas"), "no chart was drawn"
+
+
+def test_jobs_retry_frames_and_splat(browser: WebDriver, box: Box) -> None:
+    """The queue lists the jobs; a failed job retries from its page; the perception job shows
+    its frames with boxes; the finished splat opens in the viewer."""
+    visit(browser, box, "/admin/jobs", "jobs")
+    listed = {
+        r.get_attribute("data-job")
+        for r in browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")
+    }
+    assert {box.perception_job, box.failed_job, box.splat_job} <= listed
+    visit(browser, box, f"/admin/jobs/{box.failed_job}")
+    assert text(browser, "#job-status") in ("failed", "dead")
+    before = len(browser.find_elements(By.CSS_SELECTOR, "#events tbody tr"))
+    submit(browser, "#retry")
+    assert "job queued again" in text(browser, ".flash")
+    visit(browser, box, f"/admin/jobs/{box.failed_job}", "job-retried")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#events tbody tr")) > before
+    visit(browser, box, f"/admin/jobs/{box.perception_job}")
+    boxes = browser.find_elements(By.CSS_SELECTOR, "#frames .box")
+    assert boxes, "no boxes drawn on the frames"
+    WebDriverWait(browser, 10).until(
+        lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#frames img')]"
+            ".every(i => i.complete && i.naturalWidth > 0)"
+        )
+    )
+    browser.save_screenshot(str(SHOTS / "job-scene-facts.png"))
+    assert browser.find_elements(By.CSS_SELECTOR, "a[data-result=scene_facts_asset_id]")
+    visit(browser, box, f"/admin/jobs/{box.splat_job}")
+    viewer = browser.find_element(By.ID, "splat-viewer")
+    WebDriverWait(browser, 20).until(
+        lambda d: viewer.get_attribute("data-gaussians") or viewer.get_attribute("data-error")
+    )
+    assert viewer.get_attribute("data-error") is None
+    assert viewer.get_attribute("data-gaussians") == "400"
+    browser.save_screenshot(str(SHOTS / "job-splat.png"))
+    assert js_errors(browser) == []
+
+
+def test_sync_without_a_bridge_and_sync_now(browser: WebDriver, box: Box) -> None:
+    """The sync page shows the backlog and says honestly what runs; "sync now" reports its pass."""
+    visit(browser, box, "/admin/sync")
+    assert re.search(r"\d+ items", text(browser, "#backlog"))
+    assert text(browser, "#bridge-state")
+    submit(browser, "#sync-now")
+    assert "sync pass started" in text(browser, ".flash")
+    time.sleep(1.0)
+    visit(browser, box, "/admin/sync", "sync")
+    assert "no remote" in text(browser, "#last-pass")
+
+
+def test_assets_list_search_and_download(browser: WebDriver, box: Box) -> None:
+    """The upload is listed under its location; search narrows it; download gives its bytes."""
+    visit(browser, box, "/admin/assets", "assets")
+    assert "site1" in text(browser, "#locations")
+    assert "walk.mp4" in text(browser, "#assets")
+    field = browser.find_element(By.ID, "asset-q")
+    field.send_keys("walk.mp4")
+    submit(browser, "#asset-search button")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#assets tbody tr[data-asset]")
+    assert [r.get_attribute("data-asset") for r in rows] == [box.video_asset]
+    href = browser.find_element(By.CSS_SELECTOR, "#assets a[download]").get_attribute("href")
+    cookie = browser.get_cookie("fbx_admin")
+    assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    got = httpx.get(str(href), cookies={"fbx_admin": cookie["value"]})
+    with httpx.Client(base_url=box.url, headers={"Authorization": f"Bearer {box.token}"}) as c:
+        assert got.content == c.get(f"/v1/assets/{box.video_asset}/content").content
+    visit(browser, box, "/admin/assets?q=no-such-file")
+    assert "no assets" in text(browser, "#assets")
+
+
+def test_create_and_revoke_a_key(browser: WebDriver, box: Box) -> None:
+    """A new field key's token is shown once and works; revoked, it stops working at once."""
+    visit(browser, box, "/admin/access")
+    assert "nothing" in text(browser, "#tunnel-plan") or "exposes" in text(browser, "#tunnel-plan")
+    browser.find_element(By.ID, "key-name").send_keys("tablet-9")
+    submit(browser, "#key-create")
+    token = text(browser, "#new-token")
+    browser.save_screenshot(str(SHOTS / "access-new-key.png"))
+    auth = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(box.url + "/v1/locations", headers=auth).status_code == 200
+    visit(browser, box, "/admin/access")
+    assert not browser.find_elements(By.ID, "new-token"), "the token was shown twice"
+    key_id = token.split("_")[1]
+    browser.find_element(By.CSS_SELECTOR, f"[data-revoke='{key_id}']").click()
+    browser.switch_to.alert.accept()
+    WebDriverWait(browser, 20).until(
+        lambda d: "revoked" in d.find_element(By.CSS_SELECTOR, f"tr[data-key='{key_id}']").text
+    )
+    assert httpx.get(box.url + "/v1/locations", headers=auth).status_code == 401
+    visit(browser, box, "/admin/access", "access")
+
+
+def test_logs_filter_by_level_and_process(browser: WebDriver, box: Box) -> None:
+    """Every process's events are there; the filters narrow them."""
+    visit(browser, box, "/admin/logs", "logs")
+    seen = {
+        r.get_attribute("data-process")
+        for r in browser.find_elements(By.CSS_SELECTOR, "#logs tbody tr")
+    }
+    assert {"api", "gateway", "worker"} <= seen, seen
+    visit(browser, box, "/admin/logs?process=worker")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#logs tbody tr[data-process]")
+    assert rows and {r.get_attribute("data-process") for r in rows} == {"worker"}
+    visit(browser, box, "/admin/logs?level=warning")
+    levels = {
+        r.get_attribute("data-level")
+        for r in browser.find_elements(By.CSS_SELECTOR, "#logs tbody tr[data-level]")
+    }
+    assert levels <= {"warning", "error", "critical"}, levels
+
+
+def test_phone_sized_screen(browser: WebDriver, box: Box) -> None:
+    """On a 390 px wide screen nothing overflows sideways and the sections stay reachable."""
+    browser.set_window_size(390, 844)
+    try:
+        for path, shot in (("/admin", "phone-overview"), ("/admin/jobs", "phone-jobs")):
+            visit(browser, box, path, shot)
+            width = browser.execute_script("return document.documentElement.scrollWidth")
+            assert width <= 400, f"{path} is {width}px wide on a phone"
+        assert browser.find_element(By.CSS_SELECTOR, "[data-nav=logs]").is_displayed()
+    finally:
+        browser.set_window_size(1280, 900)
+
+
+def test_sign_out(browser: WebDriver, box: Box) -> None:
+    """Sign-out returns to the sign-in page, and the pages are closed again."""
+    visit(browser, box, "/admin")
+    submit(browser, "#sign-out")
+    assert "/admin/login" in browser.current_url
+    visit(browser, box, "/admin/sync")
+    assert "/admin/login" in browser.current_url
+
+
+def test_the_real_server_refuses_without_session_or_csrf(box: Box) -> None:
+    """Against the real process: no cookie, a forged one, or a form post without the token."""
+    with httpx.Client(base_url=box.url) as c:
+        assert c.get("/admin/jobs").status_code == 303
+        c.cookies.set("fbx_admin", "forged-" + "x" * 36, path="/admin")
+        assert c.get("/admin").headers["location"].startswith("/admin/login")
+        form = c.get("/admin/login")
+        csrf = re.search(r'name="_csrf" value="([^"]+)"', form.text)
+        assert csrf is not None
+        r = c.post("/admin/login", data={"token": box.token, "_csrf": csrf.group(1)})
+        assert r.status_code == 303
+        assert c.get("/admin").status_code == 200
+        refused = c.post(f"/admin/jobs/{box.failed_job}/cancel", data={})
+        assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+        bearer = c.get(
+            "/admin", headers={"Authorization": f"Bearer {box.token}"}, cookies={"fbx_admin": ""}
+        )
+        assert bearer.status_code in (200, 303)
