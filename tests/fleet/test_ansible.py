@@ -13,6 +13,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,40 @@ def test_every_playbook_passes_syntax_check() -> None:
         )
         assert proc.returncode == 0, f"{playbook}: {proc.stdout}{proc.stderr}"
         assert f"playbook: {playbook}" in proc.stdout
+
+
+def test_example_inventory_renders_a_valid_config(tmp_path: Path) -> None:
+    """The example inventory's fieldbox_config renders to TOML that check-config accepts."""
+    env = _tool_env()
+    env["ANSIBLE_HOME"] = str(tmp_path / "ansible-home")
+    proc = subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            str(ANSIBLE_DIR / "inventory/example/hosts.yml"),
+            str(Path(__file__).parent / "render_config.yml"),
+            "-e",
+            f"out={tmp_path}",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for host in ("box-oslo-01", "box-bergen-01"):
+        path = tmp_path / f"{host}.toml"
+        parsed = tomllib.loads(path.read_text())
+        assert parsed["bridge"]["s3"]["box_id"] == host
+        checked = subprocess.run(
+            [str(BIN / "fieldbox"), "check-config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert checked.returncode == 0, f"{host}: {checked.stdout}{checked.stderr}"
 
 
 def test_site_provisions_the_box(box: Target, provisioned: Run) -> None:
