@@ -40,7 +40,9 @@ def restore(
     as_json: bool,
 ) -> None:
     """Restore a location DB from S3 and check it (opens, passes PRAGMA integrity_check)."""
-    from bridge.restore import RestoreError, as_dict, location_target, restore_target
+    from dataclasses import asdict
+
+    from bridge.restore import RestoreError, location_target, restore_target
     from store.errors import StoreError
     from store.locations import Locations
     from store.paths import Layout
@@ -56,7 +58,7 @@ def restore(
     finally:
         locs.close()
     if as_json:
-        click.echo(json.dumps(as_dict(result)))
+        click.echo(json.dumps(asdict(result)))
         return
     rows = sum(result.tables.values())
     click.echo(

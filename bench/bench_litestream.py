@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge.litestream import Replicator
+from bridge.litestream import Replicator, ltx_dir, ltx_max_txid
 from store.db import connect
 from store.locations import Location, Locations
 from store.paths import Layout
@@ -42,16 +42,15 @@ def _replica_max(client: Any, prefix: str) -> int:
     best = 0
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
         for obj in page.get("Contents", []):
-            best = max(best, int(obj["Key"].rsplit("/", 1)[-1].split("-")[1].split(".")[0], 16))
+            best = max(best, ltx_max_txid(obj["Key"]))
     return best
 
 
 def _newest_local(db: Path, since: float) -> int:
-    folder = db.with_name(f".{db.name}-litestream") / "ltx" / "0"
     best = 0
-    for entry in os.scandir(folder):
+    for entry in os.scandir(ltx_dir(db)):
         if entry.name.endswith(".ltx") and entry.stat().st_mtime >= since:
-            best = max(best, int(entry.name.split("-")[1].split(".")[0], 16))
+            best = max(best, ltx_max_txid(entry.name))
     return best
 
 

@@ -116,50 +116,57 @@ def render_config(cfg: BridgeConfig, dbs: list[Target]) -> str:
     return out
 
 
+_AWS_NAMES = {
+    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "aws_session_token": "AWS_SESSION_TOKEN",
+}
+
+
 def environment(cfg: BridgeConfig) -> dict[str, str]:
     """Litestream's environment: our S3 keys under the standard AWS names."""
     env = dict(os.environ)
-    env.update(
-        {
-            "AWS_ACCESS_KEY_ID"
-            if k == "aws_access_key_id"
-            else "AWS_SECRET_ACCESS_KEY"
-            if k == "aws_secret_access_key"
-            else "AWS_SESSION_TOKEN": v
-            for k, v in credentials(cfg.s3).items()
-        }
-    )
+    env.update({_AWS_NAMES[k]: v for k, v in credentials(cfg.s3).items()})
     if cfg.s3.endpoint_url.startswith("http://"):
         # Litestream's S3 client refuses a CA bundle on a plain-HTTP endpoint.
         env.pop("AWS_CA_BUNDLE", None)
     return env
 
 
+def ltx_dir(db: Path) -> Path:
+    """Where Litestream keeps a database's level-0 LTX files before (and after) upload."""
+    return db.with_name(f".{db.name}-litestream") / "ltx" / "0"
+
+
+def ltx_max_txid(name: str) -> int:
+    """The last txid an LTX file name (`{min}-{max}.ltx`, hex) covers; ValueError if none."""
+    try:
+        return int(name.rsplit("/", 1)[-1].split("-")[1].split(".")[0], 16)
+    except IndexError as exc:
+        raise ValueError(f"not an LTX file name: {name!r}") from exc
+
+
 def local_txid(db: Path) -> int:
     """The newest txid Litestream has read from a database's WAL (0 before its first)."""
-    folder = db.with_name(f".{db.name}-litestream") / "ltx" / "0"
     best = 0
     try:
-        for entry in os.scandir(folder):
+        for entry in os.scandir(ltx_dir(db)):
             if entry.name.endswith(".ltx"):
-                best = max(best, int(entry.name.split("-")[1].split(".")[0], 16))
-    except (OSError, ValueError, IndexError):
+                best = max(best, ltx_max_txid(entry.name))
+    except (OSError, ValueError):
         return 0
     return best
 
 
 def oldest_unsent(db: Path, replica_txid: int) -> float | None:
     """mtime of the oldest local LTX file newer than the replica, or None if all are sent."""
-    folder = db.with_name(f".{db.name}-litestream") / "ltx" / "0"
     oldest: float | None = None
     try:
-        for entry in os.scandir(folder):
-            if not entry.name.endswith(".ltx"):
-                continue
-            if int(entry.name.split("-")[1].split(".")[0], 16) > replica_txid:
+        for entry in os.scandir(ltx_dir(db)):
+            if entry.name.endswith(".ltx") and ltx_max_txid(entry.name) > replica_txid:
                 mtime = entry.stat().st_mtime
                 oldest = mtime if oldest is None else min(oldest, mtime)
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError):
         return None
     return oldest
 
@@ -175,9 +182,8 @@ async def replica_txid(client: Any, bucket: str, replica: str) -> int:
                 params["ContinuationToken"] = token
             page = await client.list_objects_v2(**params)
             for obj in page.get("Contents", []):
-                name = obj["Key"].rsplit("/", 1)[-1]
-                with contextlib.suppress(ValueError, IndexError):
-                    best = max(best, int(name.split("-")[1].split(".")[0], 16))
+                with contextlib.suppress(ValueError):
+                    best = max(best, ltx_max_txid(obj["Key"]))
             token = page.get("NextContinuationToken")
             if not token:
                 break
@@ -246,36 +252,40 @@ class Replicator:
         """Keep Litestream running on the current set of databases until `stop` is set."""
         if not self.active:
             return
-        next_scan = 0.0
-        next_lag = 0.0
+        # One S3 client for the whole run: the lag check lists the bucket every 2 s.
+        async with open_client(self.cfg.s3) as client:
+            try:
+                await self._loop(stop, client)
+            finally:
+                await self._stop()
+
+    async def _loop(self, stop: asyncio.Event, client: Any) -> None:
+        next_scan = next_lag = 0.0
         backoff = 1.0
-        try:
-            while not stop.is_set():
-                now = time.monotonic()
-                if now >= next_scan:
-                    next_scan = now + _RESCAN_EVERY_S
-                    await self._reconcile()
-                proc = self._p.proc
-                if proc is not None and proc.returncode is not None:
-                    self._p.last_exit = proc.returncode
-                    self._p.last_error = self._tail_error()
-                    self.log.warning(
-                        "litestream_exited", code=proc.returncode, error=self._p.last_error
-                    )
-                    self._p.proc = None
-                    await _sleep(stop, backoff)
-                    backoff = min(backoff * 2, 60.0)
-                    continue
-                if proc is None and self._targets:
-                    await self._start()
-                elif proc is not None and time.monotonic() - self._p.started_at > 60:
-                    backoff = 1.0
-                if now >= next_lag:
-                    next_lag = now + _LAG_EVERY_S
-                    await self._measure()
-                await _sleep(stop, 0.5)
-        finally:
-            await self._stop()
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_scan:
+                next_scan = now + _RESCAN_EVERY_S
+                await self._reconcile()
+            proc = self._p.proc
+            if proc is not None and proc.returncode is not None:
+                self._p.last_exit = proc.returncode
+                self._p.last_error = self._tail_error()
+                self.log.warning(
+                    "litestream_exited", code=proc.returncode, error=self._p.last_error
+                )
+                self._p.proc = None
+                await _sleep(stop, backoff)
+                backoff = min(backoff * 2, 60.0)
+                continue
+            if proc is None and self._targets:
+                await self._start()
+            elif proc is not None and time.monotonic() - self._p.started_at > 60:
+                backoff = 1.0
+            if now >= next_lag:
+                next_lag = now + _LAG_EVERY_S
+                await self._measure(client)
+            await _sleep(stop, 0.5)
 
     async def _reconcile(self) -> None:
         dbs = await asyncio.to_thread(targets, self.cfg, self.layout, self.locs)
@@ -331,26 +341,18 @@ class Replicator:
                 return line[-500:]
         return lines[-1][-500:] if lines else None
 
-    async def _measure(self) -> None:
-        if not self._targets:
-            return
-        try:
-            async with open_client(self.cfg.s3) as client:
-                for t in self._targets:
-                    lag = self._p.lags.setdefault(t.name, Lag())
-                    try:
-                        lag.replica_txid = await replica_txid(client, self.cfg.s3.bucket, t.replica)
-                        lag.error = None
-                    except Exception as exc:
-                        lag.error = f"{type(exc).__name__}: {exc}"[:300]
-                    lag.local_txid = local_txid(t.path)
-                    unsent = oldest_unsent(t.path, lag.replica_txid)
-                    lag.lag_s = 0.0 if unsent is None else max(0.0, time.time() - unsent)
-                    lag.checked_at = time.time()
-        except Exception as exc:  # S3 unreachable: lag keeps growing, the error says why
-            for t in self._targets:
-                lag = self._p.lags.setdefault(t.name, Lag())
+    async def _measure(self, client: Any) -> None:
+        for t in self._targets:
+            lag = self._p.lags.setdefault(t.name, Lag())
+            try:
+                lag.replica_txid = await replica_txid(client, self.cfg.s3.bucket, t.replica)
+                lag.error = None
+            except Exception as exc:  # S3 unreachable: lag keeps growing, the error says why
                 lag.error = f"{type(exc).__name__}: {exc}"[:300]
+            lag.local_txid = local_txid(t.path)
+            unsent = oldest_unsent(t.path, lag.replica_txid)
+            lag.lag_s = 0.0 if unsent is None else max(0.0, time.time() - unsent)
+            lag.checked_at = time.time()
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

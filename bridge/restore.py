@@ -1,6 +1,6 @@
 """Bringing a database back from its Litestream replica, and the nightly restore drill.
 
-`restore_location` runs `litestream restore` into a temporary file beside the target,
+`restore_target` runs `litestream restore` into a temporary file beside the target,
 checks that it opens and passes `PRAGMA integrity_check`, and only then moves it into
 place, so a failed restore never leaves a half-written database where one is expected.
 
@@ -12,6 +12,7 @@ drill then waits for replication and compares again before it calls that a misma
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +66,15 @@ def _run_restore(cfg: BridgeConfig, target: Target, out: Path, timestamp: str | 
         raise RestoreError(f"no replica of {target.name} could be restored: {detail[-1]}")
 
 
-def check_database(path: Path) -> tuple[str, dict[str, int]]:
-    """(`PRAGMA integrity_check` verdict, row count per table) of a database file."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
+def check_database(path: Path) -> tuple[str, dict[str, tuple[int, str]]]:
+    """(`PRAGMA integrity_check` verdict, `table_checksums`) of a database file, read-only."""
+    with contextlib.closing(_open_read_only(path)) as conn:
         verdict = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
-        return verdict, {t: n for t, (n, _) in table_checksums(conn).items()}
-    finally:
-        conn.close()
+        return verdict, table_checksums(conn)
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
 def table_checksums(conn: sqlite3.Connection) -> dict[str, tuple[int, str]]:
@@ -117,7 +119,7 @@ def restore_target(
         leftover.unlink(missing_ok=True)
     try:
         _run_restore(cfg, target, tmp, timestamp)
-        verdict, tables = check_database(tmp)
+        verdict, checksums = check_database(tmp)
         if verdict != "ok":
             raise RestoreError(f"the restored database fails its integrity check: {verdict}")
         with open(tmp, "rb+") as fh:
@@ -128,6 +130,7 @@ def restore_target(
     finally:
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
             leftover.unlink(missing_ok=True)
+    tables = {name: rows for name, (rows, _) in checksums.items()}
     return Restored(str(to), verdict, tables, round(time.monotonic() - started, 3))
 
 
@@ -174,19 +177,12 @@ def last_drill(layout: Layout) -> dict[str, Any] | None:
 
 def _compare(cfg: BridgeConfig, target: Target, folder: Path) -> dict[str, Any]:
     out = folder / (target.name.replace(":", "-") + ".db")
-    restored = restore_target(cfg, target, out, force=True)
-    live_conn = sqlite3.connect(f"file:{target.path}?mode=ro", uri=True)
-    try:
-        live = table_checksums(live_conn)
-    finally:
-        live_conn.close()
-    back_conn = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
-    try:
-        back = table_checksums(back_conn)
-    finally:
-        back_conn.close()
+    restore_target(cfg, target, out, force=True)
+    integrity, back = check_database(out)
+    with contextlib.closing(_open_read_only(target.path)) as conn:
+        live = table_checksums(conn)
     differ = sorted(t for t in set(live) | set(back) if live.get(t) != back.get(t))
-    return {"integrity": restored.integrity, "tables": len(live), "differ": differ}
+    return {"integrity": integrity, "tables": len(live), "differ": differ}
 
 
 def drill(cfg: BridgeConfig, layout: Layout, locs: Locations) -> dict[str, Any]:
@@ -216,8 +212,3 @@ def drill(cfg: BridgeConfig, layout: Layout, locs: Locations) -> dict[str, Any]:
     tmp_path.write_text(json.dumps(verdict))
     os.replace(tmp_path, path)
     return verdict
-
-
-def as_dict(restored: Restored) -> dict[str, Any]:
-    """A restore's result as plain data (for `--json`)."""
-    return asdict(restored)

@@ -19,6 +19,18 @@ from tests.conftest import ROOT
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = "application/offset+octet-stream"
 
+# Short leases, heartbeats and polls, so the worker tests see lease expiry and retries fast.
+FAST_WORKER_CONFIG = """
+[queue]
+lease_s = 2.0
+backoff_s = [0.5]
+[worker]
+heartbeat_s = 0.3
+poll_s = 0.1
+[perception]
+fps = 30.0
+"""
+
 
 def client(url: str, token: str, timeout: float = 30.0) -> httpx.Client:
     """An httpx client for a real server with the bearer token set."""

@@ -20,19 +20,10 @@ from store.outbox import Outbox
 from store.paths import Layout
 from store.queue import Job, Queue
 from tests.conftest import ROOT, make_config
-from tests.system.helpers import DaemonProc
+from tests.system.helpers import FAST_WORKER_CONFIG, DaemonProc
 from tests.videos import moving_square_video
 
-CONFIG = """
-[queue]
-lease_s = 2.0
-backoff_s = [0.5]
-[worker]
-heartbeat_s = 0.3
-poll_s = 0.1
-[perception]
-fps = 30.0
-"""
+CONFIG = FAST_WORKER_CONFIG
 WAIT_S = 120.0  # an upper bound on waiting, never part of an assertion
 
 

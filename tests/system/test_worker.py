@@ -15,19 +15,10 @@ from store.paths import Layout
 from store.queue import Queue
 from tests.conftest import Server, make_config, make_token
 from tests.system.conftest import StartServer
-from tests.system.helpers import WorkerProc, tus_create, tus_finish, wait_job
+from tests.system.helpers import FAST_WORKER_CONFIG, WorkerProc, tus_create, tus_finish, wait_job
 from tests.videos import moving_square_video
 
-CONFIG = """
-[queue]
-lease_s = 2.0
-backoff_s = [0.5]
-[worker]
-heartbeat_s = 0.3
-poll_s = 0.1
-[perception]
-fps = 30.0
-"""
+CONFIG = FAST_WORKER_CONFIG
 
 
 @pytest.fixture
