@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,8 @@ def restore_target(
         raise RestoreError("no remote: [bridge.s3] bucket is not set")
     if to.exists() and not force:
         raise RestoreError(f"{to} exists; pass another --to path (or --force to replace it)")
+    if timestamp is not None:
+        timestamp = rfc3339(timestamp)
     to.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     tmp = to.with_name(f".{to.name}.restoring")
@@ -132,6 +135,20 @@ def restore_target(
             leftover.unlink(missing_ok=True)
     tables = {name: rows for name, (rows, _) in checksums.items()}
     return Restored(str(to), verdict, tables, round(time.monotonic() - started, 3))
+
+
+def rfc3339(text: str) -> str:
+    """A point in time as Litestream takes it (RFC 3339 in UTC); it must name its zone."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise RestoreError(
+            f"--timestamp {text!r} is not an RFC 3339 time with a zone "
+            "(for example 2026-12-01T10:00:00Z or 2026-12-01T11:00:00+01:00)"
+        )
+    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def location_target(

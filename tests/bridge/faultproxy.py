@@ -6,13 +6,17 @@ already open as well as new ones:
 
     proxy = FaultProxy("127.0.0.1", upstream_port).start()
     client_url = proxy.url
-    proxy.latency(0.05)        # pass-through, 50 ms added before each chunk is forwarded
-    proxy.bandwidth(256_000)   # pass-through, client->server capped at 256 kB/s
+    proxy.latency(0.02)        # pass-through, every byte arrives 20 ms later, each way
+    proxy.bandwidth(256_000)   # pass-through, client->server capped at 256 kB/s in all
     proxy.reset()              # every open connection gets an RST; new ones are reset at once
     proxy.down()               # nothing listens on the port (connection refused); open ones RST
     proxy.blackhole()          # accepts, never forwards or answers: a half-open link
     proxy.passthrough()        # back to normal (latency and bandwidth limits cleared)
     proxy.stop()
+
+Latency and bandwidth together are a link: a delay line that holds each chunk for the
+one-way delay without slowing the stream behind it, and one uplink rate shared by every
+connection, as a field office's single uplink is (not a cap per connection).
 
 `bytes_up` / `bytes_down` count what was forwarded each way, `connections` what was accepted.
 """
@@ -43,6 +47,7 @@ class FaultProxy:
         self.bytes_up = 0
         self.bytes_down = 0
         self.connections = 0
+        self._uplink_free = 0.0  # loop time when the shared uplink has sent all it was given
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -62,6 +67,7 @@ class FaultProxy:
     def stop(self) -> None:
         """Close every connection and the listener, and end the thread."""
         self._run(self._shutdown(close_listener=True))
+        self._run(self._cancel_tasks())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
@@ -71,12 +77,13 @@ class FaultProxy:
         self._set("pass")
 
     def latency(self, seconds: float) -> None:
-        """Pass-through with `seconds` added before each forwarded chunk, both ways."""
+        """Pass-through with every byte delivered `seconds` late, each way (RTT: twice that)."""
         self.latency_s = seconds
         self._set("pass")
 
     def bandwidth(self, bytes_per_s: int) -> None:
-        """Pass-through with client->server bytes capped at `bytes_per_s` (0: no cap)."""
+        """Pass-through with client->server bytes of all connections together capped at
+        `bytes_per_s` (0: no cap)."""
         self.bytes_per_s = bytes_per_s
         self._set("pass")
 
@@ -118,6 +125,12 @@ class FaultProxy:
             _rst(writer)
         self._writers.clear()
 
+    async def _cancel_tasks(self) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         if self.mode == "reset":
@@ -154,25 +167,50 @@ class FaultProxy:
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool
     ) -> None:
+        # Reading is paced by the uplink (the bottleneck queue); delivery waits out the delay
+        # in a task of its own, so the delay never lowers throughput.
+        loop = asyncio.get_running_loop()
+        line: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        deliver = asyncio.create_task(self._deliver(line, writer, upstream))
         try:
             while data := await reader.read(_CHUNK):
                 if self.mode == "blackhole":
                     await self._swallow(reader)  # a link that died mid-conversation
                     return
-                if self.latency_s:
-                    await asyncio.sleep(self.latency_s)
+                if deliver.done():
+                    await deliver  # it failed: the far side is gone (raises)
+                leaves = loop.time()
                 if upstream and self.bytes_per_s:
-                    await asyncio.sleep(len(data) / self.bytes_per_s)
-                writer.write(data)
-                await writer.drain()
-                if upstream:
-                    self.bytes_up += len(data)
-                else:
-                    self.bytes_down += len(data)
-            if writer.can_write_eof():
-                writer.write_eof()
+                    leaves = max(leaves, self._uplink_free) + len(data) / self.bytes_per_s
+                    self._uplink_free = leaves
+                    await asyncio.sleep(leaves - loop.time())
+                line.put_nowait((leaves + self.latency_s, data))
+            line.put_nowait(None)
+            await deliver
         except OSError:
             _rst(writer)
+        finally:
+            deliver.cancel()
+
+    async def _deliver(
+        self,
+        line: asyncio.Queue[tuple[float, bytes] | None],
+        writer: asyncio.StreamWriter,
+        upstream: bool,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while (item := await line.get()) is not None:
+            due, data = item
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            writer.write(data)
+            await writer.drain()
+            if upstream:
+                self.bytes_up += len(data)
+            else:
+                self.bytes_down += len(data)
+        if writer.can_write_eof():
+            writer.write_eof()
 
 
 def _free_port() -> int:

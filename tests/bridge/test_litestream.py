@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,34 @@ def test_replicates_and_fieldbox_restore_brings_the_db_back(box: Box, tmp_path: 
 
     again = runner.invoke(main, args, env={"FIELDBOX_DATA": str(box.data)})
     assert again.exit_code != 0 and "exists" in again.output
+    conn.close()
+
+
+def test_restore_to_a_point_in_time(box: Box, tmp_path: Path) -> None:
+    """`fieldbox restore --timestamp T` brings back the DB as it was at T: rows written
+    after T are not in it; a time without a zone is refused with a clear message."""
+    box.start()
+    conn = box.writer()
+    write_rows(conn, 0, 30)
+    restored_equals_live(box, tmp_path / "a.db")
+    time.sleep(1.2)  # LTX files carry whole-second-ish times: keep T well clear of both
+    at = datetime.now(UTC)
+    time.sleep(1.2)
+    write_rows(conn, 1000, 40)
+    assert restored_equals_live(box, tmp_path / "b.db")["readings"][0] == 70
+
+    out = tmp_path / "then.db"
+    args = ["--config", str(box.config_path), "restore", "--location", "site1", "--to", str(out)]
+    env = {"FIELDBOX_DATA": str(box.data)}
+    result = CliRunner().invoke(main, [*args, "--timestamp", at.isoformat()], env=env)
+    assert result.exit_code == 0, result.output
+    check = sqlite3.connect(out)
+    assert check.execute("SELECT count(*), max(n) FROM readings").fetchone() == (30, 29)
+    check.close()
+
+    naive = at.replace(tzinfo=None).isoformat()
+    bad = CliRunner().invoke(main, [*args, "--force", "--timestamp", naive], env=env)
+    assert bad.exit_code != 0 and "RFC 3339" in bad.output
     conn.close()
 
 
