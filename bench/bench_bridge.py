@@ -17,9 +17,9 @@ Two scenarios, one after the other, on the same server:
   requires) where TransferManager sends one, so for each set the table also prints moto's
   CPU seconds per side and the ceiling that puts on the bridge: TransferManager's wall
   time over the bridge's moto CPU time (moto runs Python under one GIL).
-- link: through the tests' fault proxy as a field office's uplink: a round-trip delay
-  and one upload rate shared by all connections (default 40 ms, 8 MB/s). The link is the
-  bottleneck, as it is on a real box.
+- link: through the tests' fault proxy (a process of its own) as a field office's
+  uplink: a round-trip delay and one upload rate shared by all connections (default
+  40 ms, 8 MB/s). The link is the bottleneck, as it is on a real box.
 
 `--profile` prints the bridge's top functions (its event loop thread only).
 """
@@ -28,16 +28,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import importlib
 import io
 import os
 import pstats
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,13 +52,14 @@ from appliance.config import LogConfig, parse_config
 from appliance.observe import configure_logging
 from bridge.config import BridgeConfig
 from bridge.throttle import Throttle
+from bridge.transfer import crc_b64, file_crc
 from bridge.uploader import Uploader
 from store.ingest import add_file
 from store.locations import Location, Locations
 from store.outbox import Outbox
 from store.paths import Layout
-from tests.bridge.faultproxy import FaultProxy
 from tests.bridge.s3server import MotoServer, s3_env, s3_toml
+from tests.conftest import free_port
 
 MIB = 1024 * 1024
 CONCURRENCY = 4
@@ -81,20 +85,24 @@ class Run:
     """One uploader's best run over a set: wall seconds, and the CPU seconds of that run."""
 
     wall: float = float("inf")
-    client_cpu: float = 0.0  # this process: the uploader (and the link proxy's thread)
+    client_cpu: float = 0.0  # this process: the uploader
     server_cpu: float = 0.0  # the moto process
+
+
+# The uploaders side by side: the bridge, then TransferManager as `upload_file` runs it
+# (CRC32), with the bridge's checksum, and with that checksum plus a HeadObject per file
+# afterwards, comparing size and CRC64NVME: the same verification the bridge does.
+UPLOADERS = ("bridge", "TM", "TM+CRC64", "TM+CRC64+HEAD")
 
 
 @dataclass
 class Timing:
-    """One set of files in one scenario: bridge, TransferManager, TransferManager+CRC64."""
+    """One set of files in one scenario: the best run of each uploader."""
 
     scenario: str
     label: str
     nbytes: int
-    bridge: Run
-    tm: Run
-    tm64: Run
+    runs: dict[str, Run]
 
 
 def process_cpu(pid: int) -> float:
@@ -173,12 +181,15 @@ class BridgeSide:
         return elapsed
 
 
-def transfer_manager(endpoint: str, files: list[Path], prefix: str, crc64: bool) -> float:
+def transfer_manager(
+    endpoint: str, files: list[Path], prefix: str, crc64: bool, verify: bool = False
+) -> float:
     """Seconds for boto3's TransferManager to upload `files` (same concurrency and parts).
 
     `crc64`: with `ChecksumAlgorithm=CRC64NVME`, the integrity the bridge asks for (a
     full-object checksum), which costs moto more on CompleteMultipartUpload than boto3's
-    default CRC32 does.
+    default CRC32 does. `verify`: then HEAD each object as its upload finishes (as many at
+    once as uploads) and compare its size and CRC64NVME with the file's, as the bridge does.
     """
     import boto3
     from boto3.s3.transfer import TransferConfig, create_transfer_manager
@@ -192,11 +203,47 @@ def transfer_manager(endpoint: str, files: list[Path], prefix: str, crc64: bool)
     )
     extra = {"ChecksumAlgorithm": "CRC64NVME"} if crc64 else {}
     start = time.perf_counter()
-    with create_transfer_manager(client, config) as tm:
-        futures = [tm.upload(str(f), BUCKET, f"{prefix}/{f.name}", extra_args=extra) for f in files]
-        for fut in futures:
-            fut.result()
+    with (
+        create_transfer_manager(client, config) as tm,
+        ThreadPoolExecutor(CONCURRENCY) as heads,
+    ):
+        keys = [f"{prefix}/{f.name}" for f in files]
+        futures = [
+            tm.upload(str(f), BUCKET, k, extra_args=extra) for f, k in zip(files, keys, strict=True)
+        ]
+
+        def check(i: int) -> None:
+            futures[i].result()
+            if verify:
+                head = client.head_object(Bucket=BUCKET, Key=keys[i], ChecksumMode="ENABLED")
+                size, crc = files[i].stat().st_size, crc_b64(file_crc(files[i]))
+                if (head["ContentLength"], head.get("ChecksumCRC64NVME")) != (size, crc):
+                    raise SystemExit(f"TransferManager stored a different {keys[i]}")
+
+        for done in [heads.submit(check, i) for i in range(len(files))]:
+            done.result()
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def link_proxy(upstream: int, link: tuple[float, float]) -> Iterator[str]:
+    """The tests' fault proxy as a link, in a process of its own (off this one's GIL)."""
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "tests.bridge.faultproxy", "--upstream", str(upstream),
+        "--port", str(port), "--latency", str(link[0] / 2), "--bandwidth", str(int(link[1])),
+    ]  # fmt: skip
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "listening" not in line:
+            raise SystemExit(f"the link proxy did not start: {line!r}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 async def _timed(run: Callable[[], Awaitable[float]], server_pid: int) -> Run:
@@ -208,19 +255,21 @@ async def _timed(run: Callable[[], Awaitable[float]], server_pid: int) -> Run:
 async def _round(
     side: BridgeSide, endpoint: str, files: list[Path], tag: str, server_pid: int,
     profile: cProfile.Profile | None, reverse: bool = False,
-) -> list[Run]:  # fmt: skip
-    """Each uploader once over `files`: bridge, TransferManager, TransferManager+CRC64."""
+) -> dict[str, Run]:  # fmt: skip
+    """Each uploader once over `files`, in UPLOADERS order (or the reverse)."""
 
-    def tm(crc64: bool) -> Callable[[], Awaitable[float]]:
-        prefix = f"{'c' if crc64 else 'tm'}-{tag}"
-        return lambda: asyncio.to_thread(transfer_manager, endpoint, files, prefix, crc64)
+    def tm(crc64: bool, verify: bool) -> Callable[[], Awaitable[float]]:
+        prefix = f"{'c' if crc64 else 'tm'}{'v' if verify else ''}-{tag}"
+        return lambda: asyncio.to_thread(transfer_manager, endpoint, files, prefix, crc64, verify)
 
-    uploaders = [lambda: side.upload(files, profile), tm(False), tm(True)]
-    order = [2, 1, 0] if reverse else [0, 1, 2]
-    runs: dict[int, Run] = {}
-    for i in order:
-        runs[i] = await _timed(uploaders[i], server_pid)
-    return [runs[0], runs[1], runs[2]]
+    uploaders = {
+        "bridge": lambda: side.upload(files, profile),
+        "TM": tm(False, False),
+        "TM+CRC64": tm(True, False),
+        "TM+CRC64+HEAD": tm(True, True),
+    }
+    names = list(reversed(UPLOADERS)) if reverse else list(UPLOADERS)
+    return {name: await _timed(uploaders[name], server_pid) for name in names}
 
 
 async def _scenario(
@@ -236,18 +285,18 @@ async def _scenario(
         for kind, count, size in SETS[name][quick]:
             # Best of REPEAT, taking turns, each round with new contents: the box's other
             # tenants and moto's own pauses make single runs noisy.
-            best = [Run(), Run(), Run()]
+            best = {name: Run() for name in UPLOADERS}
             for r in range(REPEAT):
                 files = make_files(tmp / "files", count, size, f"{name}-{kind}{r}")
                 # The order alternates: no uploader always meets the fresher server.
                 runs = await _round(
                     side, endpoint, files, f"{name}{r}", server_pid, profile, reverse=r % 2 == 1
                 )
-                best = [min(b, n, key=lambda x: x.wall) for b, n in zip(best, runs, strict=True)]
+                best = {n: min(best[n], runs[n], key=lambda x: x.wall) for n in UPLOADERS}
                 for f in files:
                     f.unlink()
             label = f"{count} x {size // 1024} KiB"
-            rows.append(Timing(name, label, count * size, *best))
+            rows.append(Timing(name, label, count * size, best))
     finally:
         stop.set()
         await daemon
@@ -262,13 +311,8 @@ async def _measure(
     pid = server.proc.pid
     rows = await _scenario("loopback", tmp, server.url, pid, quick, profile)
     if link is not None:
-        proxy = FaultProxy("127.0.0.1", server.port).start()
-        try:
-            proxy.latency(link[0] / 2)
-            proxy.bandwidth(int(link[1]))
-            rows += await _scenario("link", tmp, proxy.url, pid, quick, None)
-        finally:
-            proxy.stop()
+        with link_proxy(server.port, link) as url:
+            rows += await _scenario("link", tmp, url, pid, quick, None)
     return rows
 
 
@@ -342,25 +386,25 @@ def _total(rows: list[Timing]) -> Timing:
         fields = ("wall", "client_cpu", "server_cpu")
         return Run(*(sum(getattr(r, f) for r in runs) for f in fields))
 
-    return Timing(
-        rows[0].scenario, "all", sum(r.nbytes for r in rows),
-        add([r.bridge for r in rows]), add([r.tm for r in rows]), add([r.tm64 for r in rows]),
-    )  # fmt: skip
+    runs = {name: add([r.runs[name] for r in rows]) for name in UPLOADERS}
+    return Timing(rows[0].scenario, "all", sum(r.nbytes for r in rows), runs)
 
 
 def _table(title: str, rows: list[Timing]) -> None:
-    print(f"\n{title}")
-    print(f"{'blobs':16} {'bridge MB/s':>11} {'TM MB/s':>8} {'ratio':>6} {'TM+CRC64':>9} "
-          f"{'ratio':>6}  {'moto CPU s bridge/TM':>20} {'ceiling':>8}  "
-          "verdict (bridge >= TM)")  # fmt: skip
+    print(f"\n{title}: MB/s, and the bridge's rate as a share of each baseline's")
+    head = "".join(f" {n:>13} {'ratio':>5}" for n in UPLOADERS[1:])
+    print(f"{'blobs':14} {'bridge':>7}{head}  {'moto CPU s':>11} {'ceiling':>7}  verdict")
     for t in rows:
-        b, tm, t64 = (t.nbytes / r.wall / 1e6 for r in (t.bridge, t.tm, t.tm64))
+        mbs = {n: t.nbytes / r.wall / 1e6 for n, r in t.runs.items()}
+        cells = "".join(f" {mbs[n]:>13.1f} {mbs['bridge'] / mbs[n]:>5.0%}" for n in UPLOADERS[1:])
+        bridge, tm = t.runs["bridge"], t.runs["TM"]
         # The fastest the bridge could go if only moto's CPU time for its requests counted.
-        ceiling = t.tm.wall / t.bridge.server_cpu if t.bridge.server_cpu else float("inf")
-        cpu = f"{t.bridge.server_cpu:.2f} / {t.tm.server_cpu:.2f}"
-        verdict = "PASS" if b >= tm else "MISS"
-        print(f"{t.label:16} {b:>11.1f} {tm:>8.1f} {b / tm:>6.0%} {t64:>9.1f} {b / t64:>6.0%}  "
-              f"{cpu:>20} {ceiling:>8.0%}  {verdict}")  # fmt: skip
+        ceiling = tm.wall / bridge.server_cpu if bridge.server_cpu else float("inf")
+        cpu = f"{bridge.server_cpu:.2f}/{tm.server_cpu:.2f}"
+        verdict = "PASS" if mbs["bridge"] >= mbs["TM"] else "MISS"
+        print(f"{t.label:14} {mbs['bridge']:>7.1f}{cells}  {cpu:>11} {ceiling:>7.0%}  {verdict}")
+    print("(verdict: bridge >= TM; moto CPU s: bridge/TM; ceiling: TM's time over the moto "
+          "CPU time of the bridge's requests)")  # fmt: skip
 
 
 if __name__ == "__main__":

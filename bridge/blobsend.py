@@ -1,14 +1,16 @@
 """One outbox row to S3: its blob (once, verified), its asset's metadata JSON, its row closed.
 
 Order per row: HEAD the blob key (our size and CRC64NVME there: nothing to send) unless
-the blob is under 1 MiB, where the conditional PUT itself is the cheaper existence check;
-then PutObject (small) or a multipart upload (large), both with `IfNoneMatch: *`, so
-nothing already in S3 is ever overwritten, and carrying the asset's metadata as object
-metadata (`x-amz-meta-*`); then the verifying HEAD (size and CRC64NVME equal ours); then
-`mark_done`. When the blob was already there (another asset with the same bytes), the
-asset's metadata goes to `assets/{asset_id}.json` beside it instead. A row whose asset
-never came to be (a crash between the outbox row and the asset row) still has its blob
-sent, without metadata; a row whose blob file is gone is closed. Both get a note.
+the blob is under 1 MiB, where the conditional PUT itself is the cheaper existence check
+(a large blob's CreateMultipartUpload goes out with that HEAD, and is aborted when the
+bytes are there); then PutObject (small) or a multipart upload (large), both with
+`IfNoneMatch: *`, so nothing already in S3 is ever overwritten, and carrying the asset's
+metadata as object metadata (`x-amz-meta-*`); then the verifying HEAD (size and
+CRC64NVME equal ours); then `mark_done`. When the blob was already there (another asset
+with the same bytes), the asset's metadata goes to `assets/{asset_id}.json` beside it
+instead. A row whose asset never came to be (a crash between the outbox row and the
+asset row) still has its blob sent, without metadata; a row whose blob file is gone is
+closed. Both get a note.
 """
 
 from __future__ import annotations
@@ -181,16 +183,26 @@ class BlobSender:
         size: int,
         meta: dict[str, Any],
     ) -> Sent:
-        there = await calls.head(key)
+        upload_id, created = item.multipart_upload_id, None
+        if upload_id is None:
+            # The HEAD and the new upload go together: one round trip before the first part
+            # instead of two. When S3 has the object already, the upload is aborted unused.
+            async with asyncio.TaskGroup() as tg:
+                head = tg.create_task(calls.head(key))
+                start = tg.create_task(self.multipart.create(calls, item, key, meta))
+            there, created = head.result(), start.result()
+            upload_id = created
+        else:
+            there = await calls.head(key)
         if there is not None:
             crc = await asyncio.to_thread(file_crc, path)
             try:
                 same_or_raise(key, there, size, crc, after_upload=False)
             finally:
-                await self.multipart.forget(calls, item.id, key, item.multipart_upload_id)
+                await self.multipart.forget(calls, item.id, key, upload_id)
             self.skipped(size)
             return Sent("already there", crc, verify=False)
-        done = await self.multipart.send(calls, item, path, key, size, meta)
+        done = await self.multipart.send(calls, item, path, key, size, meta, created)
         if done.completed:
             return Sent("uploaded", done.crc, verify=True)
         return Sent("already there", done.crc, verify=True, after_upload=False)

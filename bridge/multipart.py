@@ -97,6 +97,21 @@ class Multipart:
         await asyncio.to_thread(self.outbox.set_multipart, item_id, None)
         log.info("multipart_aborted", key=key, upload_id=upload_id)
 
+    async def create(
+        self, calls: Calls, item: OutboxItem, key: str, meta: dict[str, Any] | None = None
+    ) -> str:
+        """Start a multipart upload for `key` and store its id in the row (to resume it)."""
+        created = await calls(
+            "create_multipart_upload",
+            Key=key,
+            ChecksumAlgorithm="CRC64NVME",
+            ChecksumType="FULL_OBJECT",
+            **(meta or {}),
+        )
+        upload_id = str(created["UploadId"])
+        await asyncio.to_thread(self.outbox.set_multipart, item.id, upload_id)
+        return upload_id
+
     async def send(
         self,
         calls: Calls,
@@ -105,11 +120,15 @@ class Multipart:
         key: str,
         size: int,
         meta: dict[str, Any] | None = None,
+        created: str | None = None,
     ) -> Sent:
-        """Upload `path` to `key` in parts; return its full-object CRC64NVME."""
-        upload_id = item.multipart_upload_id
+        """Upload `path` to `key` in parts; return its full-object CRC64NVME.
+
+        `created`: an upload `create` just started for this row (nothing to resume).
+        """
+        upload_id = created or item.multipart_upload_id
         listed: dict[int, dict[str, Any]] = {}
-        if upload_id is not None:
+        if upload_id is not None and created is None:
             try:
                 listed = await self._list_parts(calls, key, upload_id)
                 log.info("multipart_resumed", key=key, upload_id=upload_id, parts=len(listed))
@@ -123,15 +142,7 @@ class Multipart:
                 await asyncio.to_thread(self.outbox.set_multipart, item.id, None)
                 upload_id = None
         if upload_id is None:
-            created = await calls(
-                "create_multipart_upload",
-                Key=key,
-                ChecksumAlgorithm="CRC64NVME",
-                ChecksumType="FULL_OBJECT",
-                **(meta or {}),
-            )
-            upload_id = str(created["UploadId"])
-            await asyncio.to_thread(self.outbox.set_multipart, item.id, upload_id)
+            upload_id = await self.create(calls, item, key, meta)
         parts = plan_parts(size, self.cfg.upload.part_size_bytes)
         done: dict[int, tuple[str, int, int]] = {}  # number -> (etag, crc, length)
 

@@ -19,12 +19,18 @@ one-way delay without slowing the stream behind it, and one uplink rate shared b
 connection, as a field office's single uplink is (not a cap per connection).
 
 `bytes_up` / `bytes_down` count what was forwarded each way, `connections` what was accepted.
+
+As a process of its own (the benchmarks use it so, to keep it off their GIL):
+    python -m tests.bridge.faultproxy --upstream 9000 --port 9001 --latency 0.02 \
+        --bandwidth 8000000
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import signal
 import socket
 import struct
 import threading
@@ -226,3 +232,27 @@ def _rst(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one proxy to 127.0.0.1:`--upstream` with a fixed link until SIGTERM or SIGINT."""
+    parser = argparse.ArgumentParser(description="A loopback link proxy")
+    parser.add_argument("--upstream", type=int, required=True, help="upstream port")
+    parser.add_argument("--port", type=int, required=True, help="port to listen on")
+    parser.add_argument("--latency", type=float, default=0.0, help="one-way delay, s")
+    parser.add_argument("--bandwidth", type=int, default=0, help="uplink bytes/s (0: none)")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    proxy = FaultProxy("127.0.0.1", args.upstream, listen_port=args.port).start()
+    proxy.latency(args.latency)
+    proxy.bandwidth(args.bandwidth)
+    print(f"listening on {proxy.url}", flush=True)
+    stop.wait()
+    proxy.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

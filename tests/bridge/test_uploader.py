@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from appliance.cli import main
 from bridge import s3
 from bridge.throttle import Throttle
-from bridge.transfer import Calls
+from bridge.transfer import Body, Calls
 from store import blobs
 from tests.bridge.faultproxy import FaultProxy
 from tests.bridge.s3server import Bucket, MotoServer, s3_env, s3_toml
@@ -74,6 +74,7 @@ def test_blobs_of_every_size_arrive_once_with_their_metadata(
     assert (result.uploaded, result.already_there, result.failed) == (0, 6, 0)
     assert proxy.bytes_up - before < 300_000  # the small PUTs, HEADs and six JSON documents
     assert box.outbox.pending() == []
+    assert bucket.multipart_uploads() == []  # the uploads started beside the HEADs: aborted
     meta_key = s3.location_key(box.cfg.bridge.s3, "acme", "eu", "site1", "assets")
     for a in again:
         assert get(bucket, box.key(a.sha256))[1]["LastModified"] == first[a.sha256]
@@ -310,3 +311,28 @@ def test_a_row_another_process_is_uploading_is_left_to_it(tmp_path: Path, bucket
         holder.wait()
     assert box.drain().uploaded == 1
     assert get(bucket, box.key(asset.sha256))[0] == b"being sent by the daemon"
+
+
+def test_small_puts_skip_the_100_continue_round_trip(tmp_path: Path, bucket: Bucket) -> None:
+    """A small PutObject goes without `Expect: 100-continue` (a round trip saved per blob);
+    a large body (a part) still asks first, so S3 can refuse it before it is sent."""
+    box = make_box(tmp_path, bucket.endpoint, bucket.name)
+    cfg = box.cfg.bridge.s3
+    sent: list[tuple[str, Any]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        expect = request.headers.get("Expect")  # bytes, once prepared
+        sent.append((request.method, expect.decode() if isinstance(expect, bytes) else expect))
+
+    async def run() -> None:
+        async with s3.open_client(cfg) as client:
+            client.meta.events.register("before-send.s3", record)
+            calls = Calls(client, cfg)
+            throttle = Throttle(0)
+            for n in (100_000, 2 * MIB):
+                data = blob_bytes(n, n)
+                body = Body(data, throttle, lambda _: None)
+                await calls("put_object", body=body, Key=f"expect/{n}", ContentLength=n)
+
+    asyncio.run(run())
+    assert sent == [("PUT", None), ("PUT", "100-continue")]
