@@ -21,7 +21,9 @@ from bridge.config import S3Config
 S3Client = Any
 # PutObject bodies under this size go without `Expect: 100-continue`. botocore asks for it
 # on every file-like body, and waiting for S3's "100 Continue" costs a round trip per
-# request; a refusal (a 412, bad keys) after a small body wastes less than that wait.
+# request; a refused small body wastes less than that wait (and a conditional write's 412
+# comes only after S3 has read the whole body anyway). Parts keep it: a part sent to an
+# upload S3 no longer has should come back as NoSuchUpload, not as a reset connection.
 EXPECT_CONTINUE_MIN = 1024 * 1024
 
 

@@ -132,10 +132,14 @@ class FaultProxy:
         self._writers.clear()
 
     async def _cancel_tasks(self) -> None:
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # The connections were just reset, so their tasks end on their own; cancelling a
+        # connection's own task makes asyncio log it as an error, so only stragglers are.
+        tasks = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+        if tasks:
+            _, stragglers = await asyncio.wait(tasks, timeout=2)
+            for task in stragglers:
+                task.cancel()
+            await asyncio.gather(*stragglers, return_exceptions=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
