@@ -61,6 +61,7 @@ bench-jobs: install
 .PHONY: bench-bridge
 bench-bridge: install
 	$(BIN)/python bench/bench_bridge.py
+	$(BIN)/python bench/bench_s3_requests.py
 
 crash-soak: install
 	FIELDBOX_CRASH_ROUNDS=300 $(BIN)/pytest -q -m slow tests/system/test_crash.py
