@@ -7,6 +7,7 @@ it on to its own stdout, into `{data}/logs/up.log` (one JSON event a line, rotat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from typing import IO, Any
 
 from appliance.config import FieldboxConfig
 from store import keys
+from store.db import replace_file
 from store.paths import Layout
 
 _RESTART_DELAY_S = 1.0
@@ -143,13 +145,9 @@ def _write_up_status(layout: Layout, started_at: float, children: list[Child]) -
         "updated_at": time.time(),
         "children": [c.describe() for c in children],
     }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(body))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # the admin page then says "not under fieldbox up"; the box runs on
+    # On failure the admin page says "not under fieldbox up"; the box runs on.
+    with contextlib.suppress(OSError):
+        replace_file(path, json.dumps(body))
 
 
 def _wait_healthy(url: str, timeout: float, stop: threading.Event) -> bool:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from store.db import replace_file
 from store.paths import Layout
 from store.queue import Job, Queue
 
@@ -27,11 +28,8 @@ def status_dir(layout: Layout) -> Path:
 
 def write_status(layout: Layout, worker_id: str, status: dict[str, Any]) -> None:
     """Replace a worker's status file atomically (readers never see half of it)."""
-    folder = status_dir(layout)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{worker_id}.tmp"
-    tmp.write_text(json.dumps({**status, "worker_id": worker_id, "updated_at": time.time()}))
-    os.replace(tmp, folder / f"{worker_id}.json")
+    body = {**status, "worker_id": worker_id, "updated_at": time.time()}
+    replace_file(status_dir(layout) / f"{worker_id}.json", json.dumps(body))
 
 
 def remove_status(layout: Layout, worker_id: str) -> None:
@@ -79,11 +77,8 @@ def drain_path(layout: Layout) -> Path:
 
 def set_drain(layout: Layout, reason: str = "") -> None:
     """Start draining: workers claim no new jobs from now on (idempotent)."""
-    path = drain_path(layout)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".drain.tmp")
-    tmp.write_text(json.dumps({"since": time.time(), "reason": reason, "pid": os.getpid()}))
-    os.replace(tmp, path)
+    body = {"since": time.time(), "reason": reason, "pid": os.getpid()}
+    replace_file(drain_path(layout), json.dumps(body))
 
 
 def clear_drain(layout: Layout) -> bool:

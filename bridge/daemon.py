@@ -23,6 +23,7 @@ import structlog
 from bridge.config import BridgeConfig
 from bridge.s3 import CredentialsError, open_client
 from store.config import StoreConfig
+from store.db import replace_file
 from store.locations import Locations
 from store.outbox import Outbox
 from store.paths import Layout
@@ -47,11 +48,8 @@ def read_status(layout: Layout, stale_after_s: float = 30.0) -> dict[str, Any] |
 
 
 def _write_status(layout: Layout, status: dict[str, Any]) -> None:
-    path = status_path(layout)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**status, "updated_at": time.time()}, default=str))
-    os.replace(tmp, path)
+    body = json.dumps({**status, "updated_at": time.time()}, default=str)
+    replace_file(status_path(layout), body)
 
 
 def now_in(cfg: BridgeConfig) -> datetime:

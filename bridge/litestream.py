@@ -27,6 +27,7 @@ import structlog
 from bridge.config import BridgeConfig
 from bridge.s3 import box_id, credentials, key, location_key, open_client
 from store.config import StoreConfig
+from store.db import replace_file
 from store.locations import Locations
 from store.paths import Layout
 
@@ -292,10 +293,7 @@ class Replicator:
         text = render_config(self.cfg, dbs)
         if text == self._p.config:
             return
-        self.config_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.config_path)
+        replace_file(self.config_path, text)
         self._p.config = text
         self._targets = dbs
         self._p.lags = {t.name: self._p.lags.get(t.name, Lag()) for t in dbs}

@@ -28,6 +28,7 @@ from typing import Any
 from bridge.config import BridgeConfig
 from bridge.litestream import Target, binary, environment, replica_yaml, targets
 from bridge.s3 import location_key
+from store.db import replace_file
 from store.locations import Locations
 from store.paths import Layout, check_id
 
@@ -223,9 +224,5 @@ def drill(cfg: BridgeConfig, layout: Layout, locs: Locations) -> dict[str, Any]:
         "ok": all(r["ok"] for r in results.values()),
         "databases": results,
     }
-    path = drill_path(layout)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_suffix(".tmp")
-    tmp_path.write_text(json.dumps(verdict))
-    os.replace(tmp_path, path)
+    replace_file(drill_path(layout), json.dumps(verdict))
     return verdict

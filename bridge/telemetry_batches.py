@@ -35,7 +35,7 @@ from typing import Any
 
 import msgspec
 
-from store.db import fsync_dir
+from store.db import replace_file
 
 FINISH_GRACE_S = 60.0
 _NAME = re.compile(r"^(\d{2})-(.+)\.(\d+)\.jsonl$")
@@ -163,14 +163,7 @@ class Journal:
 
     def save(self) -> None:
         """Write the journal atomically and durably."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(msgspec.json.encode(self.state))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.state_dir)
+        replace_file(self.path, msgspec.json.encode(self.state), durable=True)
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[bool]:

@@ -1,4 +1,8 @@
-"""SQLite files with fieldbox's durability rules: WAL, synchronous=FULL, one writer, bounded WAL."""
+"""SQLite files with fieldbox's durability rules: WAL, synchronous=FULL, one writer, bounded WAL.
+
+Also the helpers for plain files that must never be seen half-written: `replace_file`
+(temp file beside the target, then a rename), `fsync_dir`, `makedirs_durable`.
+"""
 
 from __future__ import annotations
 
@@ -195,6 +199,25 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_file(path: Path, data: bytes | str, durable: bool = False) -> None:
+    """Write `path` whole or not at all; `durable` also fsyncs the file and its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Named per process: two processes replacing the same file never share a temp file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
 
 
 def makedirs_durable(path: Path) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from store.config import StoreConfig
-from store.db import Database
+from store.db import Database, replace_file
 from store.locations import LOCATION_MIGRATIONS
 
 
@@ -43,3 +45,16 @@ def test_busy_timeout_is_at_least_five_seconds(tmp_path: Path) -> None:
         assert db.read().execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
     finally:
         db.close()
+
+
+def test_replace_file_is_whole_or_untouched(tmp_path: Path) -> None:
+    """The file holds the old bytes or the new ones, never a mix, and no temp file stays."""
+    path = tmp_path / "new" / "status.json"
+    replace_file(path, '{"n": 1}')
+    replace_file(path, b'{"n": 2}', durable=True)
+    assert path.read_text() == '{"n": 2}'
+
+    with pytest.raises(TypeError):  # fails mid-write, after the temp file was opened
+        replace_file(path, 12345)  # type: ignore[arg-type]
+    assert path.read_text() == '{"n": 2}'
+    assert sorted(p.name for p in path.parent.iterdir()) == ["status.json"]
