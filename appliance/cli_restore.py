@@ -1,17 +1,28 @@
-"""`fieldbox restore`: a location database back from its Litestream replica in S3."""
+"""`fieldbox restore`: a location database (or, with --all, every database of the box) back
+from its Litestream replica in S3."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from appliance.cli import Context, pass_ctx
 
+if TYPE_CHECKING:
+    from store.paths import Layout
+
 
 @click.command()
-@click.option("--location", "location", required=True, help="Location id to restore.")
+@click.option("--location", "location", default=None, help="Location id to restore.")
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Every location replica in S3, and this box's queue and outbox (a replaced box).",
+)
 @click.option(
     "--to",
     "to",
@@ -26,12 +37,13 @@ from appliance.cli import Context, pass_ctx
 @click.option(
     "--geo-prefix", default=None, help="Geo prefix, when the location is not on this box."
 )
-@click.option("--force", is_flag=True, help="Replace an existing file at --to.")
+@click.option("--force", is_flag=True, help="Replace an existing file (at --to, or with --all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_ctx
 def restore(
     ctx: Context,
-    location: str,
+    location: str | None,
+    everything: bool,
     to: Path | None,
     timestamp: str | None,
     account: str | None,
@@ -47,8 +59,15 @@ def restore(
     from store.locations import Locations
     from store.paths import Layout
 
+    if everything == (location is not None):
+        raise click.UsageError("give either --location ID or --all")
+    if everything and (to or account or geo_prefix):
+        raise click.UsageError("--all restores each DB to its own place: no --to/--account")
     cfg = ctx.cfg
     layout = Layout(cfg.data_dir)
+    if location is None:
+        _restore_all(ctx, layout, timestamp, force, as_json)
+        return
     locs = Locations(layout, cfg.store)
     try:
         target = location_target(cfg.bridge, layout, locs, location, account, geo_prefix)
@@ -65,3 +84,32 @@ def restore(
         f"restored {location} to {result.path}: integrity {result.integrity}, "
         f"{len(result.tables)} tables, {rows} rows, {result.seconds:.1f}s"
     )
+
+
+def _restore_all(
+    ctx: Context, layout: Layout, timestamp: str | None, force: bool, as_json: bool
+) -> None:
+    from dataclasses import asdict
+
+    from bridge.restore import RestoreError
+    from bridge.restore_all import restore_all
+
+    try:
+        outcomes = restore_all(ctx.cfg.bridge, layout, timestamp, force)
+    except RestoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps([asdict(o) for o in outcomes]))
+    else:
+        if not outcomes:
+            click.echo("no replicas found under this prefix")
+        for o in outcomes:
+            if o.restored is not None:
+                rows = sum(o.restored.tables.values())
+                detail = f"integrity {o.restored.integrity}, {rows} rows"
+            else:
+                detail = o.detail
+            click.echo(f"{o.state:9} {o.name:32} {o.path}: {detail}")
+    failed = [o.name for o in outcomes if o.state == "failed"]
+    if failed:
+        raise click.ClickException(f"{len(failed)} database(s) not restored: {', '.join(failed)}")

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from store.db import fsync_dir, is_disk_full, makedirs_durable
-from store.errors import DiskFull
+from store.errors import DiskFull, NotFound
 from store.locations import Location
 from store.paths import Layout
 
@@ -26,6 +26,19 @@ def sha256_file(path: Path) -> str:
 def blob_path(layout: Layout, loc: Location, sha256: str) -> Path:
     """Where the blob with this digest lives for this location."""
     return layout.blob_path(loc.account, loc.geo_prefix, loc.id, sha256)
+
+
+def existing_blob(layout: Layout, loc: Location, sha256: str) -> tuple[Path, int]:
+    """(path, size) of a blob that is on this box; NotFound when its bytes are not here."""
+    path = blob_path(layout, loc, sha256)
+    try:
+        return path, path.stat().st_size
+    except FileNotFoundError:
+        # A box restored from S3 gets the asset rows back, not the bytes (they stay in S3).
+        raise NotFound(
+            f"the bytes of blob {sha256} are not on this box (after `fieldbox restore` they "
+            "stay in S3 until copied back)"
+        ) from None
 
 
 def adopt(layout: Layout, loc: Location, src: Path, sha256: str) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -141,8 +140,7 @@ class _Part:
 
 def _content(svc: Services, asset_id: str, range_header: str | None) -> _Part:
     asset = _asset(svc, asset_id)
-    path = blobs.blob_path(svc.layout, svc.locations.get(asset.location), asset.sha256)
-    size = os.path.getsize(path)
+    path, size = blobs.existing_blob(svc.layout, svc.locations.get(asset.location), asset.sha256)
     span = parse_range(range_header, size)
     start, end = span if span else (0, size - 1)
     length = end - start + 1 if size else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
+from appliance.config import FieldboxConfig
 from tests.appliance.test_api_uploads import make_location, upload
 
 DATA = bytes(range(100))
@@ -197,6 +199,22 @@ def test_unsatisfiable_range_is_416_json(api: TestClient[Litestar]) -> None:
         resp = api.get(f"/v1/assets/{asset_id}/content", headers={"Range": header})
         _error(resp, 416)
         assert resp.headers["content-range"] == f"bytes */{len(DATA)}"
+
+
+def test_bytes_missing_from_the_box_is_404_json(
+    api: TestClient[Litestar], cfg: FieldboxConfig
+) -> None:
+    """An asset whose bytes are not on the box (a box restored from S3 gets the rows, not
+    the blobs) answers 404 JSON saying so, not a 500; its record still reads."""
+    asset_id = upload(api, DATA)
+    (blob,) = Path(cfg.data_dir).rglob(hashlib.sha256(DATA).hexdigest())
+    blob.unlink()
+    for method in (api.get, api.head):
+        resp = method(f"/v1/assets/{asset_id}/content")
+        assert resp.status_code == 404
+    body = _error(api.get(f"/v1/assets/{asset_id}/content"), 404)
+    assert "not on this box" in body["message"]
+    assert api.get(f"/v1/assets/{asset_id}").status_code == 200
 
 
 def test_malformed_asset_id_is_400(api: TestClient[Litestar]) -> None:

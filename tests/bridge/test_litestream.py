@@ -31,7 +31,10 @@ from bridge.restore import (
 )
 from store.db import connect
 from store.locations import Location, Locations
+from store.outbox import Outbox
 from store.paths import Layout
+from store.queue import Queue
+from store.queue_schema import QueueConfig
 from tests.bridge.s3server import Bucket, s3_toml
 from tests.conftest import make_config
 
@@ -240,6 +243,64 @@ def test_restore_to_a_point_in_time(box: Box, tmp_path: Path) -> None:
     bad = CliRunner().invoke(main, [*args, "--force", "--timestamp", naive], env=env)
     assert bad.exit_code != 0 and "RFC 3339" in bad.output
     conn.close()
+
+
+def test_restore_all_brings_a_replaced_box_back(box: Box, tmp_path: Path) -> None:
+    """On a new, empty box with the same S3 settings, `fieldbox restore --all` finds every
+    location replica and the box's queue and outbox, and restores each into its place: the
+    locations are back with the same rows. A second run skips what is there; an unrelated
+    folder in the bucket is ignored."""
+    box.locs.create(Location(id="site2", account="acme", geo_prefix="u4ps", name="Depot"))
+    site2 = box.layout.location_db("acme", "u4ps", "site2")
+    outbox = Outbox(str(box.layout.outbox_db), box.store)
+    row = {"account": "acme", "geo_prefix": "u4pr", "location": "site1", "sha256": "0" * 64}
+    outbox.add(asset_id="a1", size=1, kind="capture", filename="f.jpg", mime_type="image/jpeg",
+               **row)  # fmt: skip
+    queue = Queue(str(box.layout.queue_db), box.store, QueueConfig())
+    box.bucket.client.put_object(Bucket=box.bucket.name, Key="fieldbox/notes/readme.txt", Body=b"x")
+    box.start()
+    conn = box.writer()
+    write_rows(conn, 0, 25)
+    other = connect(site2, box.store)
+    other.execute("CREATE TABLE readings (n INTEGER PRIMARY KEY, v TEXT)")
+    write_rows(other, 0, 7)
+    names = ("location:site1", "location:site2", "queue", "outbox")
+
+    def caught_up() -> bool:
+        dbs = box.replicator.status()["databases"]
+        return all(
+            n in dbs and dbs[n]["lag_s"] == 0 and dbs[n]["replica_txid"] >= dbs[n]["local_txid"] > 0
+            for n in names
+        )
+
+    until("every DB to be replicated", caught_up)
+    live = {"site1": box.live(), "site2": table_checksums(sqlite3.connect(site2))}
+
+    fresh = tmp_path / "new-box"
+    args = ["--config", str(box.config_path), "restore", "--all"]
+    env = {"FIELDBOX_DATA": str(fresh)}
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("restored ") == 4, result.output
+    layout = Layout(fresh)
+    locs = Locations(layout, box.store)
+    assert {loc.id: loc.geo_prefix for loc in locs.list()} == {"site1": "u4pr", "site2": "u4ps"}
+    locs.close()
+    for loc, geo in (("site1", "u4pr"), ("site2", "u4ps")):
+        back = sqlite3.connect(layout.location_db("acme", geo, loc))
+        assert table_checksums(back) == live[loc]
+        back.close()
+    assert [i.asset_id for i in Outbox(str(layout.outbox_db), box.store).pending()] == ["a1"]
+    assert layout.queue_db.exists()
+
+    again = CliRunner().invoke(main, args, env=env)
+    assert again.exit_code == 0 and again.output.count("skipped ") == 4, again.output
+    both = CliRunner().invoke(main, [*args, "--location", "site1"], env=env)
+    assert both.exit_code != 0 and "either --location ID or --all" in both.output
+    conn.close()
+    other.close()
+    queue.close()
+    outbox.close()
 
 
 def test_a_location_not_on_the_box_needs_its_account(box: Box, tmp_path: Path) -> None:
