@@ -12,6 +12,7 @@ import click
 from appliance.cli import Context, pass_ctx
 
 if TYPE_CHECKING:
+    from bridge.restore_blobs import Fetched
     from store.paths import Layout
 
 
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
 @click.option(
     "--geo-prefix", default=None, help="Geo prefix, when the location is not on this box."
 )
+@click.option(
+    "--blobs",
+    is_flag=True,
+    help="With --all: also copy back from S3 every asset's bytes that are not on the box.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing file (at --to, or with --all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_ctx
@@ -48,6 +54,7 @@ def restore(
     timestamp: str | None,
     account: str | None,
     geo_prefix: str | None,
+    blobs: bool,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -63,10 +70,12 @@ def restore(
         raise click.UsageError("give either --location ID or --all")
     if everything and (to or account or geo_prefix):
         raise click.UsageError("--all restores each DB to its own place: no --to/--account")
+    if blobs and not everything:
+        raise click.UsageError("--blobs goes with --all")
     cfg = ctx.cfg
     layout = Layout(cfg.data_dir)
     if location is None:
-        _restore_all(ctx, layout, timestamp, force, as_json)
+        _restore_all(ctx, layout, timestamp, force, as_json, blobs)
         return
     locs = Locations(layout, cfg.store)
     try:
@@ -87,7 +96,7 @@ def restore(
 
 
 def _restore_all(
-    ctx: Context, layout: Layout, timestamp: str | None, force: bool, as_json: bool
+    ctx: Context, layout: Layout, timestamp: str | None, force: bool, as_json: bool, blobs: bool
 ) -> None:
     from dataclasses import asdict
 
@@ -98,8 +107,12 @@ def _restore_all(
         outcomes = restore_all(ctx.cfg.bridge, layout, timestamp, force)
     except RestoreError as exc:
         raise click.ClickException(str(exc)) from exc
+    fetched = _fetch_blobs(ctx, layout) if blobs else None
     if as_json:
-        click.echo(json.dumps([asdict(o) for o in outcomes]))
+        doc: dict[str, object] = {"databases": [asdict(o) for o in outcomes]}
+        if fetched is not None:
+            doc["blobs"] = asdict(fetched)
+        click.echo(json.dumps(doc))
     else:
         if not outcomes:
             click.echo("no replicas found under this prefix")
@@ -110,6 +123,27 @@ def _restore_all(
             else:
                 detail = o.detail
             click.echo(f"{o.state:9} {o.name:32} {o.path}: {detail}")
-    failed = [o.name for o in outcomes if o.state == "failed"]
-    if failed:
-        raise click.ClickException(f"{len(failed)} database(s) not restored: {', '.join(failed)}")
+        if fetched is not None:
+            click.echo(
+                f"blobs: {fetched.fetched} copied back ({fetched.bytes} bytes), "
+                f"{fetched.present} already here, {len(fetched.missing)} not in S3, "
+                f"{len(fetched.failed)} failed"
+            )
+            for line in fetched.failed + [f"{m}: not in S3" for m in fetched.missing]:
+                click.echo(f"  {line}")
+    problems = [f"{o.name}" for o in outcomes if o.state == "failed"]
+    if fetched is not None and (fetched.failed or fetched.missing):
+        problems.append(f"{len(fetched.failed) + len(fetched.missing)} blob(s)")
+    if problems:
+        raise click.ClickException(f"not restored: {', '.join(problems)}")
+
+
+def _fetch_blobs(ctx: Context, layout: Layout) -> Fetched:
+    from bridge.restore_blobs import fetch_missing_blobs
+    from store.locations import Locations
+
+    locs = Locations(layout, ctx.cfg.store)
+    try:
+        return fetch_missing_blobs(ctx.cfg.bridge, layout, locs)
+    finally:
+        locs.close()

@@ -141,6 +141,12 @@ def newest_per_sha(
     return [_row(location, r) for r in rows]
 
 
+def digests(db: Database) -> list[tuple[str, int]]:
+    """(sha256, size) of every distinct blob this location's assets refer to."""
+    rows = db.read().execute("SELECT DISTINCT sha256, size FROM assets ORDER BY sha256")
+    return [(str(sha), int(size)) for sha, size in rows]
+
+
 def has_newer_copy(
     db: Database, sha256: str, created_at: float, asset_id: str, project: str | None
 ) -> bool:

@@ -7,6 +7,7 @@ the restore drill reports its verdict."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -29,7 +30,11 @@ from bridge.restore import (
     restore_target,
     table_checksums,
 )
+from bridge.throttle import Throttle
+from bridge.uploader import Uploader
+from store.blobs import blob_path
 from store.db import connect
+from store.ingest import add_file
 from store.locations import Location, Locations
 from store.outbox import Outbox
 from store.paths import Layout
@@ -300,6 +305,49 @@ def test_restore_all_brings_a_replaced_box_back(box: Box, tmp_path: Path) -> Non
     conn.close()
     other.close()
     queue.close()
+    outbox.close()
+
+
+def test_restore_all_blobs_copies_the_bytes_back(box: Box, tmp_path: Path) -> None:
+    """`restore --all --blobs` also copies every asset's bytes back from S3, checked against
+    the asset's SHA-256 and size; a blob that never reached S3 is named and makes the
+    command fail, without stopping the others; a second run copies nothing twice."""
+    outbox = Outbox(str(box.layout.outbox_db), box.store)
+    src = tmp_path / "src"
+    src.mkdir()
+    datas = [os.urandom(100_000), os.urandom(3 * 1024 * 1024), b"never uploaded"]
+    made = []
+    for i, data in enumerate(datas):
+        (src / f"f{i}.bin").write_bytes(data)
+        made.append(add_file(box.layout, box.locs, outbox, "site1", src / f"f{i}.bin",
+                             kind="capture", filename=f"f{i}.bin",
+                             mime_type="application/octet-stream"))  # fmt: skip
+        if i == 1:
+            up = Uploader(box.cfg, box.layout, box.locs, outbox, Throttle(0))
+            assert asyncio.run(up.drain_once()).uploaded == 2
+    box.start()
+
+    def caught_up() -> bool:
+        db = box.replicator.status()["databases"].get("location:site1")
+        return bool(db and db["lag_s"] == 0 and db["replica_txid"] >= db["local_txid"] > 0)
+
+    until("the location to be replicated", caught_up)
+    fresh = tmp_path / "new-box"
+    args = ["--config", str(box.config_path), "restore", "--all", "--blobs"]
+    env = {"FIELDBOX_DATA": str(fresh)}
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code != 0, result.output
+    assert "blobs: 2 copied back" in result.output and "1 not in S3" in result.output
+    assert made[2].sha256 in result.output, result.output
+    layout = Layout(fresh)
+    loc = Location(id="site1", account="acme", geo_prefix="u4pr", name="12 Main St")
+    for asset, data in zip(made, datas, strict=True):
+        path = blob_path(layout, loc, asset.sha256)
+        assert (path.read_bytes() if path.exists() else None) == (
+            None if data == b"never uploaded" else data
+        )
+    again = CliRunner().invoke(main, args, env=env)
+    assert "blobs: 0 copied back (0 bytes), 2 already here, 1 not in S3" in again.output
     outbox.close()
 
 
