@@ -58,7 +58,7 @@ def restore(
     force: bool,
     as_json: bool,
 ) -> None:
-    """Restore a location DB from S3 and check it (opens, passes PRAGMA integrity_check)."""
+    """Restore a location DB (or, with --all, every DB of a replaced box) from S3, checked."""
     from dataclasses import asdict
 
     from bridge.restore import RestoreError, location_target, restore_target
