@@ -169,9 +169,12 @@ class BlobSender:
                     **meta,
                 )
             except Exception as exc:
-                if error_code(exc) not in ("PreconditionFailed", "412"):
-                    raise
-                return Sent("already there", crc, verify=True, after_upload=False)
+                code = error_code(exc)
+                if code in ("PreconditionFailed", "412"):
+                    return Sent("already there", crc, verify=True, after_upload=False)
+                if not code:
+                    await _refusal_behind(calls, key)
+                raise
         return Sent("uploaded", crc, verify=True)
 
     async def _large(
@@ -244,6 +247,23 @@ class BlobSender:
     async def _close(self, item: OutboxItem, note: str) -> None:
         await asyncio.to_thread(self.outbox.mark_done, item.id, note)
         log.warning("outbox_row_closed", item=item.id, asset=item.asset_id, note=note)
+
+
+async def _refusal_behind(calls: Calls, key: str) -> None:
+    """Raise S3's refusal if that is what a small PUT's broken connection hid.
+
+    Small PUTs do not wait for "100 Continue", so S3 may refuse one (bad keys, no access)
+    before reading its body and close the connection, which can surface as a reset rather
+    than the error. A HEAD of the same key answers the question: a refusal raises here
+    as access denied; any other answer leaves the PUT's own error to stand.
+    """
+    try:
+        await calls.head(key)
+    except UploadError as exc:
+        if exc.__cause__ is not None and error_code(exc.__cause__) in ("403", "AccessDenied"):
+            raise
+    except Exception:
+        return
 
 
 def object_metadata(asset: Asset | None) -> dict[str, Any]:

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import socketserver
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,3 +192,42 @@ def test_bad_config_gives_a_clear_error_and_no_crash(tmp_path: Path, bucket: Buc
         status = up.status()
         assert words in (status["last_error"] or "") and status["retry_at"] > time.time() - 1
         assert box.outbox.backlog().items == 1
+
+
+class _Refuser(socketserver.BaseRequestHandler):
+    """S3 refusing a PUT that did not wait for 100-continue, as a client can see it: the
+    PUT's connection is reset before any answer comes through; a HEAD gets 403."""
+
+    def handle(self) -> None:
+        stream = self.request.makefile("rb")
+        method = stream.readline().split(b" ")[0]
+        while stream.readline() not in (b"\r\n", b""):
+            pass
+        if method == b"HEAD":
+            self.request.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.request.close()
+
+
+def test_a_small_put_refused_before_its_body_is_read_reports_the_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small PUTs go without `Expect: 100-continue`, so S3 can refuse one before reading
+    its body, and the reset may hide the answer; a HEAD of the key then shows the refusal,
+    and the bridge reports access denied, not a broken link. The rows stay pending."""
+    for name, value in s3_env().items():
+        monkeypatch.setenv(name, value)
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Refuser)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        box = make_box(tmp_path, url, "bkt")
+        for n in (1_000, 200_000, MIB - 1):
+            box.add(blob_bytes(n, n))
+            result = box.drain()
+            assert result.done == 0 and "access denied" in (result.error or ""), result.error
+            box.outbox.retry_all_now()
+        assert len(box.outbox.pending()) == 3
+    finally:
+        server.shutdown()
+        server.server_close()
