@@ -131,7 +131,7 @@ def _restore_all(
             )
             for line in fetched.failed + [f"{m}: not in S3" for m in fetched.missing]:
                 click.echo(f"  {line}")
-    problems = [f"{o.name}" for o in outcomes if o.state == "failed"]
+    problems = [o.name for o in outcomes if o.state == "failed"]
     if fetched is not None and (fetched.failed or fetched.missing):
         problems.append(f"{len(fetched.failed) + len(fetched.missing)} blob(s)")
     if problems:

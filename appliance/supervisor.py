@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from appliance.config import FieldboxConfig
 from store import keys
-from store.db import replace_file
+from store.db import read_json, replace_file
 from store.paths import Layout
 
 _RESTART_DELAY_S = 1.0
@@ -44,9 +44,8 @@ def up_log_path(layout: Layout) -> Path:
 
 def read_up_status(layout: Layout) -> dict[str, Any] | None:
     """What a running `fieldbox up` last wrote, or None when none runs (or it went stale)."""
-    try:
-        data: dict[str, Any] = json.loads(up_status_path(layout).read_text())
-    except (OSError, ValueError):
+    data = read_json(up_status_path(layout))
+    if data is None:
         return None
     if time.time() - float(data.get("updated_at", 0)) > _STATUS_STALE_S:
         return None

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from store.db import replace_file
+from store.db import read_json, replace_file
 from store.paths import Layout
 from store.queue import Job, Queue
 
@@ -45,9 +45,8 @@ def read_statuses(layout: Layout) -> list[dict[str, Any]]:
         return out
     now = time.time()
     for path in sorted(folder.glob("*.json")):
-        try:
-            status = json.loads(path.read_text())
-        except (OSError, ValueError):
+        status = read_json(path)
+        if status is None:
             continue
         status["alive"] = now - float(status.get("updated_at", 0)) < STALE_AFTER_S
         out.append(status)

@@ -23,7 +23,7 @@ import structlog
 from bridge.config import BridgeConfig
 from bridge.s3 import CredentialsError, open_client
 from store.config import StoreConfig
-from store.db import replace_file
+from store.db import read_json, replace_file
 from store.locations import Locations
 from store.outbox import Outbox
 from store.paths import Layout
@@ -39,9 +39,8 @@ def status_path(layout: Layout) -> Any:
 
 def read_status(layout: Layout, stale_after_s: float = 30.0) -> dict[str, Any] | None:
     """The bridge's last status, with `alive` false when it stopped writing; None if never run."""
-    try:
-        data: dict[str, Any] = json.loads(status_path(layout).read_text())
-    except (OSError, ValueError):
+    data = read_json(status_path(layout))
+    if data is None:
         return None
     data["alive"] = time.time() - float(data.get("updated_at", 0)) < stale_after_s
     return data

@@ -28,7 +28,7 @@ from typing import Any
 from bridge.config import BridgeConfig
 from bridge.litestream import Target, binary, environment, replica_yaml, targets
 from bridge.s3 import location_key
-from store.db import replace_file
+from store.db import read_json, replace_file
 from store.locations import Locations
 from store.paths import Layout, check_id
 
@@ -186,11 +186,7 @@ def drill_path(layout: Layout) -> Path:
 
 def last_drill(layout: Layout) -> dict[str, Any] | None:
     """The last restore drill's verdict, or None if none ran on this box."""
-    try:
-        data: dict[str, Any] = json.loads(drill_path(layout).read_text())
-    except (OSError, ValueError):
-        return None
-    return data
+    return read_json(drill_path(layout))
 
 
 def _compare(cfg: BridgeConfig, target: Target, folder: Path) -> dict[str, Any]:

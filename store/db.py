@@ -1,13 +1,15 @@
 """SQLite files with fieldbox's durability rules: WAL, synchronous=FULL, one writer, bounded WAL.
 
 Also the helpers for plain files that must never be seen half-written: `replace_file`
-(temp file beside the target, then a rename), `fsync_dir`, `makedirs_durable`.
+(temp file beside the target, then a rename) and its reader `read_json`, `fsync_dir`,
+`makedirs_durable`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import sqlite3
 import threading
@@ -218,6 +220,15 @@ def replace_file(path: Path, data: bytes | str, durable: bool = False) -> None:
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object `replace_file` wrote at `path`; None if there is none or it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def makedirs_durable(path: Path) -> None:
