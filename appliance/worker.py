@@ -23,7 +23,7 @@ import structlog
 
 from appliance import sdnotify
 from appliance.config import FieldboxConfig
-from appliance.worker_tasks import execute
+from appliance.worker_tasks import execute, reached, reached_fraction
 from appliance.workers import gpu_status, is_draining, remove_status, write_status
 from perception.progress import Cancelled, InvalidInput, OutOfMemory, Reporter
 from perception.segment.base import SegmenterUnavailable
@@ -226,9 +226,11 @@ class Worker:
             item.stage, item.fraction = stage, 0.0 if event == "started" else 1.0
             kind = "stage_started" if event == "started" else "stage_done"
             self.queue.progress(item.job.id, self.id, stage, item.fraction, kind, info)
+            reached(f"{stage}:{event}")  # test-only pause point
 
         def on_progress(stage: str, fraction: float) -> None:
             check()
+            reached_fraction(stage, fraction)  # test-only pause point
             item.stage, item.fraction = stage, fraction
             now = time.monotonic()
             if now - item.last_report >= _PROGRESS_EVERY_S:

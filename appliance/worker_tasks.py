@@ -1,11 +1,23 @@
 """What a job of each kind does: its pipeline in `jobs/{id}/`, then its results as assets.
 
-Publishing is a stage of its own, so a job retried after its results were stored does not
-store them twice.
+Publishing is a stage of its own, and each output's asset id is fixed by (job, output), so
+a job retried after a crash anywhere in publishing finds what it already stored and adds no
+second asset or outbox row.
+
+Also the worker's test-only pause points (`reached`, `reached_fraction`): nothing happens
+unless `FIELDBOX_TEST_PAUSE_AT` is set, which only tests do. At the named point the worker
+writes the file `FIELDBOX_TEST_PAUSE_MARKER` names and blocks that slot forever (heartbeats
+still run, so the job stays leased) until the test kills the process with a real SIGKILL.
+Points: `{stage}:started` / `{stage}:done` at each stage event, `{stage}:{fraction}` at the
+first progress report of that stage at or past the fraction (`train:0.45`), and
+`publish:{output}:outbox` / `publish:{output}:asset` after that output's outbox row / asset
+row committed.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
@@ -14,13 +26,16 @@ import msgspec
 
 from appliance.config import FieldboxConfig
 from perception.progress import InvalidInput, Reporter, Stages
-from store import ingest
+from store import assets, ingest
 from store.assets import Asset
 from store.errors import InvalidName, NotFound
 from store.locations import Locations
 from store.outbox import Outbox
 from store.paths import Layout
 from store.queue import Job
+
+PAUSE_AT_ENV = "FIELDBOX_TEST_PAUSE_AT"
+PAUSE_MARKER_ENV = "FIELDBOX_TEST_PAUSE_MARKER"
 
 
 @dataclass(frozen=True)
@@ -39,7 +54,7 @@ class JobRun:
     reporter: Reporter
 
     def publish(self, path: Path, kind: str, suffix: str, mime: str) -> str:
-        """Store a result file as an asset of the source's location; return its id."""
+        """Store a result file as an asset of the source's location, once; return its id."""
         stem = PurePath(self.asset.filename).stem or "capture"
         made = ingest.add_file(
             self.layout,
@@ -51,8 +66,15 @@ class JobRun:
             filename=f"{stem}{suffix}",
             mime_type=mime,
             project=self.asset.project,
-            metadata={"job_id": self.job.id, "source_asset_id": self.asset.id},
+            metadata={"job_id": self.job.id, "source_asset_id": self.asset.id, "output": kind},
+            asset_id=assets.job_output_id(
+                self.asset.location, self.job.id, self.job.created_at, kind
+            ),
+            on_step=lambda step: reached(f"publish:{kind}:{step}"),
         )
+        if made.metadata.get("job_id") != self.job.id or made.kind != kind:
+            # Two (job, output) pairs whose 8-hex digests met in the same millisecond.
+            raise RuntimeError(f"asset {made.id} belongs to another job's output")
         return made.id
 
 
@@ -114,3 +136,33 @@ def _splat(run: JobRun) -> dict[str, Any]:
         return out
 
     return Stages(run.work, run.reporter).run("publish", publish)
+
+
+def reached(point: str) -> None:
+    """Test-only: block forever if `FIELDBOX_TEST_PAUSE_AT` names `point` (no-op on a box)."""
+    if os.environ.get(PAUSE_AT_ENV) == point:
+        _pause(point)
+
+
+def reached_fraction(stage: str, fraction: float) -> None:
+    """Test-only: block forever at the first report of `stage` at or past the set fraction."""
+    want = os.environ.get(PAUSE_AT_ENV)
+    name, _, threshold = (want or "").partition(":")
+    if name != stage:
+        return
+    try:
+        limit = float(threshold)
+    except ValueError:
+        return  # a named point such as `train:done`, not a fraction
+    if fraction >= limit:
+        _pause(f"{stage}:{threshold}")
+
+
+def _pause(point: str) -> None:
+    marker = os.environ.get(PAUSE_MARKER_ENV)
+    if marker:
+        tmp = f"{marker}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(point)
+        os.replace(tmp, marker)  # the test never reads half a name
+    threading.Event().wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -39,6 +40,16 @@ def new_asset_id(location: str) -> str:
     return f"{location}.{int(time.time() * 1000):012x}{secrets.token_hex(4)}"
 
 
+def job_output_id(location: str, job_id: str, job_created_at: float, output: str) -> str:
+    """The one asset id a job's named output ever gets, whichever attempt stores it.
+
+    Same shape as `new_asset_id`: the job's creation time, then 8 hex of a digest of
+    (job, output) where the random part would be, so a retry finds what it stored.
+    """
+    digest = hashlib.sha256(f"{job_id}\0{output}".encode()).hexdigest()[:8]
+    return f"{location}.{int(job_created_at * 1000):012x}{digest}"
+
+
 def location_of(asset_id: str) -> str:
     """The location id encoded in an asset id; InvalidName if the id is malformed."""
     loc, dot, suffix = asset_id.rpartition(".")
@@ -64,8 +75,12 @@ def _row(location: str, row: tuple[Any, ...]) -> Asset:
 
 
 def create(db: Database, asset: Asset) -> Asset:
-    """Insert an asset; idempotent on `upload_id` (returns the existing row on a repeat)."""
+    """Insert an asset; idempotent on `id` and `upload_id` (a repeat returns the stored row)."""
     with db.write() as conn:
+        # Checked inside the write lock, so two processes storing one id never make two rows.
+        row = conn.execute(f"SELECT {_COLUMNS} FROM assets WHERE id = ?", (asset.id,)).fetchone()
+        if row is not None:
+            return _row(asset.location, row)
         if asset.upload_id is not None:
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM assets WHERE upload_id = ?", (asset.upload_id,)
@@ -96,6 +111,12 @@ def get(db: Database, location: str, asset_id: str) -> Asset:
     if row is None:
         raise NotFound(f"asset {asset_id!r} not found")
     return _row(location, row)
+
+
+def find(db: Database, location: str, asset_id: str) -> Asset | None:
+    """The asset with this id, or None."""
+    row = db.read().execute(f"SELECT {_COLUMNS} FROM assets WHERE id = ?", (asset_id,)).fetchone()
+    return None if row is None else _row(location, row)
 
 
 def by_upload(db: Database, location: str, upload_id: str) -> Asset | None:

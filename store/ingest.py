@@ -80,7 +80,13 @@ def finalize(
     return done
 
 
-def _create(db: Database, outbox: Outbox, loc: Location, asset: Asset) -> Asset:
+def _create(
+    db: Database,
+    outbox: Outbox,
+    loc: Location,
+    asset: Asset,
+    on_step: Callable[[str], None] | None = None,
+) -> Asset:
     # The outbox row commits first: an asset that exists (and so may have been
     # acknowledged) always has one. The reverse crash leaves a row for an asset that never
     # came to be, which the bridge closes after uploading its blob.
@@ -95,7 +101,12 @@ def _create(db: Database, outbox: Outbox, loc: Location, asset: Asset) -> Asset:
         filename=asset.filename,
         mime_type=asset.mime_type,
     )
-    return assets.create(db, asset)
+    if on_step is not None:
+        on_step("outbox")
+    made = assets.create(db, asset)
+    if on_step is not None:
+        on_step("asset")
+    return made
 
 
 def resume_all(
@@ -136,13 +147,25 @@ def add_file(
     mime_type: str,
     project: str | None = None,
     metadata: dict[str, Any] | None = None,
+    asset_id: str | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> Asset:
     """Store a copy of a file the box produced (a job's result) as a new asset of `location`.
 
     The copy is fsynced before it is adopted, so the asset row never names a blob that a
-    crash could leave half-written; `src` itself is left in place.
+    crash could leave half-written; `src` itself is left in place. With `asset_id` (a job
+    output's fixed id) a repeat returns the asset already stored and writes nothing, and a
+    repeat after a crash between the outbox row and the asset row reuses that outbox row.
+    `on_step("outbox")` / `on_step("asset")` run after each commit (the worker's test hooks).
     """
     loc = locs.get(location)
+    db = locs.db(loc.id)
+    if asset_id is not None:
+        # The outbox row commits before the asset row, so an asset that exists already has
+        # its outbox row (which may since be uploaded and pruned: never add it again).
+        stored = assets.find(db, loc.id, asset_id)
+        if stored is not None:
+            return stored
     layout.tmp_dir.mkdir(parents=True, exist_ok=True)
     tmp = layout.tmp_dir / f"result-{secrets.token_hex(8)}"
     shutil.copyfile(src, tmp)
@@ -152,11 +175,11 @@ def add_file(
     size = tmp.stat().st_size
     blobs.adopt(layout, loc, tmp, sha)
     return _create(
-        locs.db(loc.id),
+        db,
         outbox,
         loc,
         Asset(
-            id=assets.new_asset_id(loc.id),
+            id=asset_id or assets.new_asset_id(loc.id),
             location=loc.id,
             project=project,
             kind=kind,
@@ -167,4 +190,5 @@ def add_file(
             created_at=time.time(),
             metadata=metadata or {},
         ),
+        on_step,
     )
