@@ -12,13 +12,16 @@ already open as well as new ones:
     proxy.down()               # nothing listens on the port (connection refused); open ones RST
     proxy.blackhole()          # accepts, never forwards or answers: a half-open link
     proxy.passthrough()        # back to normal (latency and bandwidth limits cleared)
-    proxy.stop()
+    proxy.hold("^POST .*[?]uploads ")  # the 1st such request reaches the server in full;
+    proxy.held.wait(30)        #   its answer never comes back (the client waits), until
+    proxy.stop()               #   the client dies: a crash at a precise point, no patching
 
 Latency and bandwidth together are a link: a delay line that holds each chunk for the
 one-way delay without slowing the stream behind it, and one uplink rate shared by every
 connection, as a field office's single uplink is (not a cap per connection).
 
-`bytes_up` / `bytes_down` count what was forwarded each way, `connections` what was accepted.
+`bytes_up` / `bytes_down` count what was forwarded each way, `connections` what was accepted,
+`requests` the HTTP request lines seen (in the order their requests were fully forwarded).
 
 As a process of its own (the benchmarks use it so, to keep it off their GIL):
     python -m tests.bridge.faultproxy --upstream 9000 --port 9001 --latency 0.02 \
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import signal
 import socket
 import struct
@@ -53,6 +57,11 @@ class FaultProxy:
         self.bytes_up = 0
         self.bytes_down = 0
         self.connections = 0
+        self.requests: list[str] = []
+        self.held = threading.Event()  # set once the held request's answer arrived
+        self.held_request: str | None = None
+        self._hold: tuple[re.Pattern[str], int] | None = None
+        self._hold_seen = 0
         self._uplink_free = 0.0  # loop time when the shared uplink has sent all it was given
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -78,8 +87,9 @@ class FaultProxy:
         self._thread.join(5)
 
     def passthrough(self) -> None:
-        """Forward everything unchanged (clears latency and bandwidth limits; listens again)."""
+        """Forward everything unchanged (clears latency, bandwidth and hold; listens again)."""
         self.latency_s, self.bytes_per_s = 0.0, 0
+        self._hold = None
         self._set("pass")
 
     def latency(self, seconds: float) -> None:
@@ -104,6 +114,26 @@ class FaultProxy:
     def blackhole(self) -> None:
         """Accept connections and swallow what arrives; never forward, never answer."""
         self._set("blackhole")
+
+    def hold(self, pattern: str, nth: int = 1) -> None:
+        """Forward the `nth` request whose request line matches `pattern` (a regex, searched
+        in e.g. `PUT /bkt/key?partNumber=2&uploadId=x HTTP/1.1`) in full, then keep its
+        answer (and anything after it on that connection) from the client; `held` is set
+        when the answer arrives. Other requests pass."""
+        self._hold_seen, self.held_request = 0, None
+        self.held.clear()
+        self._hold = (re.compile(pattern), nth)
+
+    def _finished(self, line: str) -> bool:
+        """A request was forwarded in full; True when its answer is to be held."""
+        self.requests.append(line)
+        if self._hold is None or not self._hold[0].search(line):
+            return False
+        self._hold_seen += 1
+        if self._hold_seen != self._hold[1]:
+            return False
+        self._hold, self.held_request = None, line
+        return True
 
     def _set(self, mode: Mode) -> None:
         self._run(self._switch(mode))
@@ -157,10 +187,11 @@ class FaultProxy:
                 _rst(writer)
                 return
             self._writers.add(up_writer)
+            exchange = _Exchange()
             try:
                 await asyncio.gather(
-                    self._pump(reader, up_writer, upstream=True),
-                    self._pump(up_reader, writer, upstream=False),
+                    self._pump(reader, up_writer, upstream=True, exchange=exchange),
+                    self._pump(up_reader, writer, upstream=False, exchange=exchange),
                 )
             finally:
                 self._writers.discard(up_writer)
@@ -175,7 +206,11 @@ class FaultProxy:
                 pass
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstream: bool,
+        exchange: _Exchange | None = None,
     ) -> None:
         # Reading is paced by the uplink (the bottleneck queue); delivery waits out the delay
         # in a task of its own, so the delay never lowers throughput.
@@ -189,6 +224,16 @@ class FaultProxy:
                     return
                 if deliver.done():
                     await deliver  # it failed: the far side is gone (raises)
+                if exchange is not None and upstream:
+                    # Marked before the request's last bytes go on, so its answer cannot
+                    # slip through ahead of the mark.
+                    exchange.hold = exchange.hold or any(
+                        [self._finished(line) for line in exchange.feed(data)]
+                    )
+                elif exchange is not None and exchange.hold:
+                    self.held.set()
+                    await self._swallow(reader)  # the client never hears back
+                    return
                 leaves = loop.time()
                 if upstream and self.bytes_per_s:
                     leaves = max(leaves, self._uplink_free) + len(data) / self.bytes_per_s
@@ -221,6 +266,46 @@ class FaultProxy:
                 self.bytes_down += len(data)
         if writer.can_write_eof():
             writer.write_eof()
+
+
+class _Exchange:
+    """One connection's HTTP/1.1 requests, followed through their bytes (Content-Length
+    bodies; requests on a connection come one after another, as aiohttp sends them)."""
+
+    def __init__(self) -> None:
+        self.hold = False  # the answer now due on this connection is kept from the client
+        self._head = b""
+        self._line = ""
+        self._body_left = 0
+        self._lost = False  # a body whose end cannot be told (chunked): stop following
+
+    def feed(self, data: bytes) -> list[str]:
+        """The request lines of the requests these client bytes finish."""
+        done: list[str] = []
+        while data and not self._lost:
+            if self._body_left:
+                take = min(self._body_left, len(data))
+                self._body_left -= take
+                data = data[take:]
+                if not self._body_left:
+                    done.append(self._line)
+                continue
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                return done
+            head, data = self._head[:end].decode("latin-1"), self._head[end + 4 :]
+            self._head = b""
+            lines = head.split("\r\n")
+            fields = {
+                k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])
+            }
+            self._lost = "chunked" in fields.get("transfer-encoding", "")
+            self._line = lines[0]
+            self._body_left = int(fields.get("content-length", "0") or 0)
+            if not self._body_left:
+                done.append(self._line)
+        return done
 
 
 def _free_port() -> int:
