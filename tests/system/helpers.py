@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -152,6 +153,63 @@ def check_blobs(data_dir: Path) -> int:
         if blob.is_file():
             assert sha256(blob.read_bytes()) == blob.name, f"blob {blob} does not match its name"
     return seen
+
+
+def box_databases(data_dir: Path) -> list[Path]:
+    """Every SQLite file of a whole box: each location.db, uploads, keys, queue and outbox."""
+    names = ("uploads.db", "keys.db", "queue.db", "outbox.db")
+    return [*all_databases(data_dir)[:-2], *(data_dir / n for n in names)]
+
+
+def foreign_key_violations(path: Path) -> list[tuple[Any, ...]]:
+    """`PRAGMA foreign_key_check` rows of a SQLite file (empty when every reference holds)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return [tuple(r) for r in conn.execute("PRAGMA foreign_key_check").fetchall()]
+    finally:
+        conn.close()
+
+
+def outbox_assets(data_dir: Path) -> dict[str, str]:
+    """Asset id → state of every outbox row."""
+    conn = sqlite3.connect(f"file:{data_dir / 'outbox.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        return {str(a): str(s) for a, s in conn.execute("SELECT asset_id, state FROM outbox")}
+    finally:
+        conn.close()
+
+
+def location_assets(data_dir: Path) -> list[dict[str, Any]]:
+    """Every asset row of every location DB on disk (id, location, sha256, size, metadata)."""
+    found: list[dict[str, Any]] = []
+    for db in all_databases(data_dir)[:-2]:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = conn.execute("SELECT id, sha256, size, kind, metadata FROM assets").fetchall()
+        finally:
+            conn.close()
+        for asset_id, digest, size, kind, meta in rows:
+            found.append(
+                {"id": asset_id, "location": db.parts[-2], "sha256": digest, "size": size,
+                 "kind": kind, "metadata": json.loads(meta or "{}"), "db": db}
+            )  # fmt: skip
+    return found
+
+
+def check_box(data_dir: Path) -> int:
+    """Assert the whole box is sound: every database passes `integrity_check` with no
+    foreign-key violation, every asset has its blob and its outbox row; the asset count."""
+    for db in box_databases(data_dir):
+        assert db.is_file(), f"{db} is missing"
+        assert integrity_check(db) == "ok", f"{db} is corrupt"
+        assert foreign_key_violations(db) == [], f"{db}: dangling references"
+    count = check_blobs(data_dir)
+    assets = location_assets(data_dir)
+    # Read after the assets: each outbox row is committed before its asset row.
+    owed = outbox_assets(data_dir)
+    unowed = [a["id"] for a in assets if a["id"] not in owed]
+    assert not unowed, f"assets with no outbox row (never sent to S3): {unowed[:5]}"
+    return count
 
 
 def write_config(path: Path, toml: str) -> Path:
