@@ -63,8 +63,10 @@ bench-bridge: install
 	$(BIN)/python bench/bench_bridge.py
 	$(BIN)/python bench/bench_s3_requests.py
 
+# 300 whole-box kill -9 rounds (api, worker, bridge on a moto S3); prints the figures.
 crash-soak: install
-	FIELDBOX_CRASH_ROUNDS=300 $(BIN)/pytest -q -m slow tests/system/test_crash.py
+	FIELDBOX_CRASH_ROUNDS=$${FIELDBOX_CRASH_ROUNDS:-300} $(BIN)/pytest -q -s -m slow \
+	  tests/system/test_box_crash.py::test_whole_box_kill9_soak
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -245,6 +245,8 @@ def _run(box: tuple[Box, str, str], bucket: Bucket, rounds: int, seed: int) -> N
     began = time.monotonic()
     for n in range(rounds):
         _round(b, token, video, led, checker, n, rng, seed)
+        if n % 25 == 24:
+            print(f"round {n + 1}: {time.monotonic() - began:.0f} s, {led.summary()}", flush=True)
     with client(b.api.url, token) as c:
         checker.verify(c, f"(after {rounds} rounds, seed {seed})", full=True)
     count = _drained_into_s3(b, bucket, token, led)
