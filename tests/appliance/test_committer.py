@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,18 @@ from tests.conftest import make_config, make_token
 
 def _location_db(data_dir: Path) -> Path:
     return next(data_dir.glob("locations/*/*/loc1/location.db"))
+
+
+def _queued(app: Any) -> int:
+    """Writes waiting in the api's group committers for their batch's BEGIN IMMEDIATE."""
+    return sum(len(c._pending) for c in app.state.svc.committers.values())
+
+
+def _until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.01)
 
 
 def _client(data_dir: Path, toml: str = "") -> tuple[Any, str]:
@@ -42,9 +55,11 @@ def test_write_waits_for_another_writers_lock_and_health_stays_up(tmp_path: Path
 
         writer = threading.Thread(target=put)
         writer.start()
-        time.sleep(0.5)
-        assert "resp" not in result, "the write did not wait for the lock"
+        # The write has reached the database and is queued behind the other writer's lock
+        # (the committer retries BEGIN IMMEDIATE until the lock goes or the busy timeout).
+        _until("the write queued or answered", lambda: _queued(app) == 1 or "resp" in result)
         assert client.get("/health").status_code == 200  # the event loop is not blocked
+        assert _queued(app) == 1 and "resp" not in result, "the write did not wait for the lock"
         other.execute("ROLLBACK")
         other.close()
         writer.join(10)
