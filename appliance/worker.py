@@ -63,6 +63,7 @@ class Worker:
         self.locations = Locations(self.layout, cfg.store)
         self.outbox = Outbox(str(self.layout.outbox_db), cfg.store)
         self.running: dict[str, Running] = {}
+        self.drained_polls = 0  # polls that found the box draining and claimed nothing
         self.log = structlog.get_logger("fieldbox.worker")
 
     def run(self) -> None:
@@ -128,6 +129,7 @@ class Worker:
                 "concurrency": self.cfg.worker.concurrency,
                 "kinds": self.cfg.worker.kinds,
                 "draining": is_draining(self.layout),
+                "drained_polls": self.drained_polls,
                 "running": [
                     {
                         "job_id": r.job.id,
@@ -144,6 +146,7 @@ class Worker:
     def _slot(self) -> None:
         while not self.stop.is_set():
             if is_draining(self.layout):
+                self.drained_polls += 1
                 self.stop.wait(self.cfg.worker.poll_s)
                 continue
             try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import FieldboxConfig
-from appliance.workers import drain_path
+from appliance.workers import drain_path, read_statuses
 from store import ingest
 from store.locations import Location, Locations
 from store.outbox import Outbox
@@ -76,6 +76,10 @@ class Box:
             for e in self.queue.events(job_id)
         )
 
+    def drained_polls(self) -> int:
+        """Polls the worker skipped because the box was draining (from its status file)."""
+        return sum(int(s.get("drained_polls", 0)) for s in read_statuses(self.layout))
+
     def fieldbox(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run the CLI on this box's config and data root."""
         return subprocess.run(
@@ -119,7 +123,9 @@ def test_drain_finishes_the_running_job_and_claims_nothing_new(box: Box) -> None
         status = box.fieldbox("drain", "--status").stdout
         assert "draining: yes" in status and "running here: 0" in status
 
-        time.sleep(1.0)  # ten poll intervals of the worker: it still claims nothing
+        # The worker looked at the queue several times since (its status counts the polls
+        # it skipped because the box drains), and claimed nothing.
+        box.wait("three drained polls", lambda: box.drained_polls() >= 3)
         held = box.job(second)
         assert (held.status, held.attempts) == ("queued", 0), held
         assert [e.type for e in box.queue.events(second)] == ["queued"]
