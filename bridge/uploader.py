@@ -113,6 +113,7 @@ class Uploader:
         self._last_success_at: float | None = None
         self._remote_failures = 0
         self._retry_at: float | None = None
+        self._window_waits = 0  # polls that found the sync window closed and sent nothing
 
     def status(self) -> dict[str, Any]:
         """What /health shows: target, state, in flight, bytes sent, last error."""
@@ -127,6 +128,7 @@ class Uploader:
             "in_flight_bytes": sum(sizes),
             "bytes_sent": self._bytes_sent,
             "uploaded": self._uploaded,
+            "window_waits": self._window_waits,
             "bandwidth_bytes_per_s": self.throttle.rate,
             "last_success_at": self._last_success_at,
             "last_error": self._last_error,
@@ -149,6 +151,7 @@ class Uploader:
                     await _wait(stop, self._retry_at - time.time())
                 elif not gate():
                     self._state = "waiting for a sync window"
+                    self._window_waits += 1
                     await _wait(stop, poll)
                 elif not await asyncio.to_thread(self.outbox.due, None, 1):
                     self._state = "idle"

@@ -151,10 +151,13 @@ def test_a_closed_window_holds_blobs_while_databases_replicate(
     bridge = DaemonProc(server.data_dir, config, "bridge", env=s3_env())
     try:
         _until("a DB replica", lambda: bucket.keys("fieldbox/acme/u4pr/site1/db/"))
-        status = _until("bridge status", lambda: _bridge_status(c))
-        time.sleep(2)  # several upload polls: nothing may go up
+        # The uploader looked several times, found the window closed and sent nothing.
+        status = _until(
+            "three polls held by the window",
+            lambda: (s := _bridge_status(c)).get("uploader", {}).get("window_waits", 0) >= 3 and s,
+        )
         assert bucket.keys("fieldbox/acme/u4pr/site1/blobs/") == []
-        status = _bridge_status(c)
+        assert status["uploader"]["uploaded"] == 0
         assert status["uploads_allowed"] is False
         assert status["outbox"]["items"] == 1
     finally:
