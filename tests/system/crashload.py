@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
-from tests.system.helpers import TUS, client, sha256, tus_metadata, tus_patch
+from tests.system.helpers import OCTETS, TUS, client, sha256, tus_metadata
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Ledger:
     total_acks: int = 0
     deletes: int = 0  # acknowledged document DELETEs
     terminations: int = 0  # acknowledged tus DELETEs
+    busy: int = 0  # 503 "busy" answers (a DB write lock held past the timeout), retried
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ack(self, who: str) -> None:
@@ -109,13 +111,37 @@ class Ledger:
         return (
             f"{self.total_acks} acks: {docs} documents held, {self.deletes} deletes, "
             f"{assets} upload assets, {self.terminations} terminations, {jobs} jobs, "
-            f"{len(self.locations)} locations"
+            f"{len(self.locations)} locations, {self.busy} busy answers retried"
         )
 
     def add(self, items: list[DocRec] | list[UploadRec] | list[JobRec], item: object) -> None:
         """Append `item` to one of the ledger's lists under the lock."""
         with self.lock:
             items.append(item)  # type: ignore[arg-type]
+
+
+class Cut(httpx.HTTPError):
+    """The round ended while the box answered busy: the request's fate stays unknown."""
+
+
+def call(
+    c: httpx.Client, led: Ledger, stop: threading.Event, method: str, url: str, **kw: Any
+) -> httpx.Response:
+    """One request; a 503 "busy" (another process held the database's write lock past the
+    timeout: nothing was written) is sent again after its Retry-After, as a client would."""
+    while True:
+        r = c.request(method, url, **kw)
+        if not (
+            r.status_code == 503
+            and "retry-after" in r.headers
+            and r.headers.get("content-type", "").startswith("application/json")
+            and r.json().get("error") == "busy"
+        ):
+            return r
+        with led.lock:
+            led.busy += 1
+        if stop.wait(min(float(r.headers["retry-after"]), 1.0)):
+            raise Cut("the round ended while the box was busy")
 
 
 Client = Callable[[Load, Ledger, str, random.Random, threading.Event], None]
@@ -164,7 +190,7 @@ def doc_client(
             doc.unknown.append(body)
             url = f"/v1/locations/{doc.location}/docs/c/{doc.key}"
             try:
-                r = c.request(method, url, content=body, headers=headers)
+                r = call(c, led, stop, method, url, content=body, headers=headers)
             except httpx.HTTPError:
                 return  # the server is gone; this write's fate is unknown
             if r.status_code != want:
@@ -194,7 +220,7 @@ def upload_client(
                 "Upload-Metadata": tus_metadata(loc, f"{who}-{n}.bin"),
             }
             try:
-                r = c.post("/v1/uploads", headers=headers)
+                r = call(c, led, stop, "POST", "/v1/uploads", headers=headers)
             except httpx.HTTPError:
                 return
             if r.status_code != 201:
@@ -210,7 +236,7 @@ def upload_client(
                 if abandon is not None and rec.acked_offset >= abandon:
                     rec.terminate_sent = True
                     try:
-                        r = c.delete(rec.url, headers=TUS)
+                        r = call(c, led, stop, "DELETE", rec.url, headers=TUS)
                     except httpx.HTTPError:
                         return
                     if r.status_code != 204:
@@ -224,7 +250,9 @@ def upload_client(
                 size = rng.randint(*load.chunk_bytes)
                 chunk = data[rec.acked_offset : rec.acked_offset + size]
                 try:
-                    r = tus_patch(c, rec.url, rec.acked_offset, chunk)
+                    headers = {**TUS, "Upload-Offset": str(rec.acked_offset)}
+                    headers["Content-Type"] = OCTETS
+                    r = call(c, led, stop, "PATCH", rec.url, content=chunk, headers=headers)
                 except httpx.HTTPError:
                     return
                 if r.status_code != 204:
@@ -251,7 +279,7 @@ def job_client(
                 rec, want = rng.choice(mine), 200
             body = {"kind": "perception", "asset_id": rec.asset_id, "idempotency_key": rec.key}
             try:
-                r = c.post("/v1/jobs", json=body)
+                r = call(c, led, stop, "POST", "/v1/jobs", json=body)
             except httpx.HTTPError:
                 return
             if r.status_code != want:
@@ -284,7 +312,7 @@ def location_client(
                 led.unknown_locations.append(loc_id)
             body = {"id": loc_id, "account": "acme", "geo_prefix": geo, "name": loc_id}
             try:
-                r = c.post("/v1/locations", json=body)
+                r = call(c, led, stop, "POST", "/v1/locations", json=body)
             except httpx.HTTPError:
                 return
             if r.status_code != 201:
