@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from typing import Any
 
@@ -101,28 +102,30 @@ class Verifier:
     """`verify` with a memo that is dropped whenever keys.db changes (any process, any write).
 
     `PRAGMA data_version` moves when another connection commits, so a revocation made by
-    the CLI or another process takes effect on the very next request.
+    the CLI or another process takes effect on the very next request. The number is only
+    meaningful for the connection that read it, and each thread reads through its own
+    connection, so each thread keeps its own memo beside the version its connection gave.
     """
 
     def __init__(self, db: Database, max_entries: int = 4096) -> None:
         self.db = db
         self.max_entries = max_entries
-        self._version: int | None = None
-        self._memo: dict[str, ApiKey | None] = {}
+        self._local = threading.local()
 
     def verify(self, token: str) -> ApiKey | None:
         """The live key behind `token`, or None."""
         version = int(self.db.read().execute("PRAGMA data_version").fetchone()[0])
-        if version != self._version:
-            self._memo.clear()
-            self._version = version
+        memo: dict[str, ApiKey | None] | None = getattr(self._local, "memo", None)
+        if memo is None or self._local.version != version:
+            memo = self._local.memo = {}
+            self._local.version = version
         digest = hashlib.sha256(token.encode()).hexdigest()
-        if digest in self._memo:
-            return self._memo[digest]
+        if digest in memo:
+            return memo[digest]
         key = verify(self.db, token)
-        if len(self._memo) >= self.max_entries:
-            self._memo.clear()
-        self._memo[digest] = key
+        if len(memo) >= self.max_entries:
+            memo.clear()
+        memo[digest] = key
         return key
 
 
