@@ -93,11 +93,23 @@ def serve_api(ctx: Context, host: str | None, port: int | None) -> None:
     from appliance.app import create_app
     from appliance.observe import configure_logging
     from appliance.serving import serve
+    from store.rootlock import RootLocked, hold_api_lock, release_api_lock
 
     cfg = ctx.cfg
+    try:
+        # Held until the process ends: two apis on one root would race on uploads' finalize.
+        lock = hold_api_lock(Path(cfg.data_dir))
+    except RootLocked as exc:
+        click.echo(f"fieldbox serve api: {exc}", err=True)
+        sys.exit(1)
     configure_logging(cfg.log, "api")
     app = create_app(cfg)
-    serve(app, host=host or cfg.api.host, port=port or cfg.api.port, stopping=app.state.stopping)
+    try:
+        serve(
+            app, host=host or cfg.api.host, port=port or cfg.api.port, stopping=app.state.stopping
+        )
+    finally:
+        release_api_lock(lock)
 
 
 @serve.command("gateway")
