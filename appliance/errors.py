@@ -98,6 +98,15 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     return error_response(exc.status_code, code, str(message), headers)
 
 
+TOO_DEEP = "JSON nested too deeply"
+
+
+def _too_deep(_: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    # Decoding deep JSON (msgspec's, Litestar's or the stdlib's) or walking it raises
+    # RecursionError wherever that happens: the client's input, a 400, never a 500.
+    return error_response(400, "invalid_document", f"{TOO_DEEP}: {exc}")
+
+
 def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     structlog.get_logger("fieldbox.http").exception("unhandled_error", error=repr(exc))
     return error_response(500, "internal", "internal error; see the box's logs for the request id")
@@ -106,5 +115,6 @@ def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     StoreError: _store_error,
     HTTPException: _http_error,
+    RecursionError: _too_deep,
     Exception: _unexpected,
 }

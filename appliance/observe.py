@@ -18,7 +18,7 @@ from structlog.contextvars import bind_contextvars, clear_contextvars
 
 from appliance.config import LogConfig
 
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 
 
 class RecentEvents:

@@ -16,13 +16,13 @@ from typing import Any
 
 from appliance.errors import ApiError
 from appliance.partwriter import PartWriter
-from store.paths import check_id, check_label, check_sha256
+from store.paths import check_id, check_label, check_sha256, is_decimal
 
 TUS_VERSION = "1.0.0"
 EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
 CHECKSUM_ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
 OCTETS = "application/offset+octet-stream"
-_KIND = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_KIND = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 # How often a quiet PATCH checks for a stall or a shutdown.
 _POLL_S = 0.25
 
@@ -54,7 +54,8 @@ def parse_int_header(headers: Any, name: str) -> int:
     raw = headers.get(name)
     if raw is None:
         raise tus_error(400, f"{name} header is required")
-    if not raw.isdigit() or len(raw) > 19:
+    # ASCII digits only: `isdigit` also accepts '²', which int() then refuses.
+    if not is_decimal(raw) or len(raw) > 19:
         raise tus_error(400, f"{name} must be a non-negative integer (got {raw!r})")
     return int(raw)
 

@@ -77,6 +77,9 @@ def _handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         return error_response(path, exc.status, exc.message, headers=headers)
     if isinstance(exc, HTTPException):
         return error_response(path, exc.status_code, str(exc.detail), headers=exc.headers)
+    if isinstance(exc, RecursionError):
+        # Deep JSON that got past decoding (or a walk of it) is the caller's input: a 400.
+        return error_response(path, 400, f"JSON nested too deeply: {exc}")
     structlog.get_logger("fieldbox.gateway").exception("unhandled_error", error=type(exc).__name__)
     return error_response(path, 500, "internal error; see the box's logs for the request id")
 

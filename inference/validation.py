@@ -55,6 +55,8 @@ def decode_body(raw: bytes) -> Json:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise RequestError(f"body is not valid JSON: {exc}") from None
+    except RecursionError as exc:
+        raise RequestError(f"body is JSON nested too deeply: {exc}") from None
     if not isinstance(body, dict):
         raise RequestError("body must be a JSON object")
     return body
@@ -170,6 +172,8 @@ def answer_problem(schema: Json, text: str) -> str | None:
         value: Any = msgspec.json.decode(text.encode())
     except msgspec.DecodeError:
         return "the answer is not JSON"
+    except RecursionError:
+        return "the answer is JSON nested too deeply"
     error = jsonschema.exceptions.best_match(
         jsonschema.validators.validator_for(schema)(schema).iter_errors(value)
     )

@@ -15,7 +15,7 @@ from store.db import Database
 from store.errors import InvalidName, NotFound
 from store.paths import check_id
 
-_SUFFIX = re.compile(r"^[0-9a-f]{20}$")
+_SUFFIX = re.compile(r"^[0-9a-f]{20}\Z")
 _COLUMNS = "id, project, kind, filename, mime_type, size, sha256, created_at, metadata, upload_id"
 
 

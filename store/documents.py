@@ -41,6 +41,8 @@ def parse_body(body: bytes, max_bytes: int) -> Any:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidDocument(f"document is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidDocument(f"document is JSON nested too deeply: {exc}") from None
 
 
 def _project_of(value: Any) -> str | None:

@@ -9,16 +9,17 @@ from pathlib import Path
 from store.errors import InvalidName
 
 # Ids that become path components: no dots, no slashes, no leading dash, bounded length.
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+# Each is applied with fullmatch: `$` would also match before a trailing "\n".
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 # Document collections and keys live only in SQLite, but are URL parts too: allow a
 # few more characters, never a slash, never "..".
-_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@=+-]{0,254}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@=+-]{0,254}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def check_id(kind: str, value: str) -> str:
     """Return `value` if it is a safe id (location, account, geo prefix, project), else raise."""
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise InvalidName(
             f"invalid {kind} {value!r}: use 1-128 letters, digits, '_' or '-', "
             "starting with a letter or digit"
@@ -28,12 +29,17 @@ def check_id(kind: str, value: str) -> str:
 
 def check_key(kind: str, value: str) -> str:
     """Return `value` if it is a safe document collection or key, else raise."""
-    if not isinstance(value, str) or not _KEY.match(value) or ".." in value:
+    if not isinstance(value, str) or not _KEY.fullmatch(value) or ".." in value:
         raise InvalidName(
             f"invalid {kind} {value!r}: use 1-255 letters, digits or _ . : @ = + -, "
             "no '..' and no '/'"
         )
     return value
+
+
+def is_decimal(value: str) -> bool:
+    """Whether `value` is one or more ASCII digits (`str.isdigit` also takes '²' or '٣')."""
+    return value.isascii() and value.isdigit()
 
 
 def check_label(kind: str, value: str) -> str:
@@ -57,7 +63,7 @@ def check_label(kind: str, value: str) -> str:
 
 def check_sha256(value: str) -> str:
     """Return `value` if it is a lowercase hex sha256 digest, else raise."""
-    if not isinstance(value, str) or not _SHA256.match(value):
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
         raise InvalidName(f"invalid sha256 {value!r}: expected 64 lowercase hex digits")
     return value
 

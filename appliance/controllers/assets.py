@@ -21,7 +21,8 @@ from store import assets, blobs, catalog
 from store.paths import check_label
 
 Limit = Annotated[int | None, QueryParameter(ge=1, le=1000, required=False)]
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# ASCII digits only (`\d` takes any Unicode digit); the unit is case-insensitive.
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
 _CHUNK = 256 * 1024
 
 
@@ -30,23 +31,37 @@ def _asset(svc: Svc, asset_id: FromPath[str]) -> assets.Asset:
     return assets.get(svc.locations.db(loc_id), loc_id, asset_id)
 
 
+def _position(digits: str) -> int:
+    """A byte position; past 19 digits it is beyond any file, and int() of thousands of
+    digits would raise (Python caps int/str conversion at 4300 digits)."""
+    return int(digits) if len(digits) <= 19 else 2**63
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """(start, inclusive end) of a single `bytes=` range; None means the whole file."""
+    """(start, inclusive end) of a single `bytes=` range; None means the whole file.
+
+    As RFC 9110 (14.2) allows, a Range that is not one valid byte-range-spec (another
+    unit, several ranges, last-pos before first-pos, bad syntax) is ignored: 200 with the
+    whole file. 416 only for a valid range that is unsatisfiable: first-pos at or past the
+    end, a suffix of length 0, or any range of an empty file.
+    """
     if not header:
         return None
-    match = _RANGE.match(header.strip())
+    match = _RANGE.fullmatch(header.strip())
     if not match or (not match.group(1) and not match.group(2)):
-        return None  # multi-range or unknown unit: RFC 9110 lets us send the whole file
+        return None
     first, last = match.groups()
     if first:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
+        start = _position(first)
+        end = min(_position(last), size - 1) if last else size - 1
+        if last and _position(last) < start:
+            return None  # an invalid byte-range-spec (14.1.2), not an unsatisfiable one
     else:
-        start, end = max(size - int(last), 0), size - 1
+        start, end = max(size - _position(last), 0), size - 1
     if start >= size or start > end:
         raise ApiError(
             416,
-            f"range {header!r} is outside the {size}-byte file",
+            f"range {header[:100]!r} is outside the {size}-byte file",
             headers={"Content-Range": f"bytes */{size}"},
         )
     return start, end

@@ -38,7 +38,7 @@ def _cursor(cursor: str | None) -> str | None:
         return None
     try:
         return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError) as exc:  # ValueError: a non-ASCII cursor
         raise ApiError(400, "invalid cursor") from exc
 
 
@@ -123,10 +123,15 @@ class DocumentController(Controller):
         location_id: FromPath[str],
         collection: FromPath[str],
         svc: Svc,
+        request: Request[Any, Any, Any],
         limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> DocumentPage:
         """A page of the collection in key order; follow `next_cursor` for the next."""
+        if limit is None and "limit" in request.query_params:
+            # Litestar reads `limit=null` (or `limit=`) as None for an optional int: a page
+            # size the client did send but that is no number is its bug to hear about.
+            raise ApiError(400, "limit must be an integer from 1 to 1000")
         size = limit or svc.cfg.api.page_size
         docs = documents.list_page(
             svc.locations.db(location_id), collection, after=_cursor(cursor), limit=size + 1

@@ -14,6 +14,7 @@ from appliance.errors import ApiError
 from appliance.schemas import JobCreate, JobList, WorkerList
 from appliance.services import Svc, in_thread
 from appliance.workers import read_statuses
+from store.paths import is_decimal
 from store.queue import Job
 
 Limit = Annotated[int, QueryParameter(ge=1, le=1000)]
@@ -74,7 +75,7 @@ class JobController(Controller):
         until the job ends."""
         await in_thread(svc.queue.get, job_id)  # 404 before the stream starts
         raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-        if not raw.isdigit():
+        if not is_decimal(raw) or len(raw) > 18:
             raise ApiError(400, "Last-Event-ID must be an event id (a number)")
         return Stream(
             jobs.event_stream(svc, job_id, int(raw)),

@@ -17,6 +17,7 @@ from appliance.services import Services, Svc, in_thread
 from store import ingest
 from store.db import is_disk_full
 from store.errors import Conflict, DiskFull, NotFound
+from store.paths import is_decimal
 from store.uploads import Upload
 
 
@@ -172,7 +173,7 @@ async def _append(
 ) -> Upload:
     """Receive one PATCH (or creation-with-upload) body at `offset`; finish at the last byte."""
     announced = request.headers.get("content-length")
-    size = int(announced) if announced is not None and announced.isdigit() else None
+    size = int(announced) if announced is not None and is_decimal(announced) else None
     if up.complete:
         if offset != up.offset:
             raise tus.tus_error(409, f"Upload-Offset {offset} does not match {up.offset}")

@@ -180,7 +180,16 @@ def test_head_on_content_gives_size_without_body(api: TestClient[Litestar]) -> N
 
 @pytest.mark.parametrize(
     ("header", "start", "end"),
-    [("bytes=0-9", 0, 9), ("bytes=-5", 95, 99), ("bytes=10-", 10, 99), ("bytes=90-500", 90, 99)],
+    [
+        ("bytes=0-9", 0, 9),
+        ("bytes=-5", 95, 99),
+        ("bytes=10-", 10, 99),
+        ("bytes=90-500", 90, 99),
+        ("BYTES=0-9", 0, 9),
+        # Past any file: the end is the last byte, a suffix is the whole file (RFC 9110).
+        ("bytes=0-" + "9" * 5000, 0, 99),
+        ("bytes=-" + "9" * 5000, 0, 99),
+    ],
 )
 def test_range_requests(api: TestClient[Litestar], header: str, start: int, end: int) -> None:
     """A single byte range is answered 206 with exactly those bytes and a Content-Range."""
@@ -199,6 +208,38 @@ def test_unsatisfiable_range_is_416_json(api: TestClient[Litestar]) -> None:
         resp = api.get(f"/v1/assets/{asset_id}/content", headers={"Range": header})
         _error(resp, 416)
         assert resp.headers["content-range"] == f"bytes */{len(DATA)}"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=5-3",  # last-pos before first-pos: invalid, not unsatisfiable (14.1.2)
+        "bytes=0-1,5-6",  # several ranges: we may send the whole file
+        "bytes=-",
+        "bytes=²-5",
+        "bytes=0-²",
+        "bytes=0x10-",
+        "bytes= 0-5",
+        "items=0-5",
+        "bytes=0-5\x00",
+        "bytes",
+    ],
+)
+def test_malformed_range_is_ignored(api: TestClient[Litestar], header: str) -> None:
+    """A Range that is not one valid byte-range-spec is ignored: 200 and the whole file."""
+    asset_id = upload(api, DATA)
+    resp = api.get(f"/v1/assets/{asset_id}/content", headers={"Range": header.encode("latin-1")})
+    assert resp.status_code == 200, resp.text
+    assert resp.content == DATA
+    assert "content-range" not in resp.headers
+
+
+def test_range_starting_past_any_file_is_416(api: TestClient[Litestar]) -> None:
+    """A first-pos of 5000 digits is a valid range past the end: 416, not a 500."""
+    asset_id = upload(api, DATA)
+    resp = api.get(f"/v1/assets/{asset_id}/content", headers={"Range": "bytes=" + "9" * 5000 + "-"})
+    _error(resp, 416)
+    assert resp.headers["content-range"] == f"bytes */{len(DATA)}"
 
 
 def test_bytes_missing_from_the_box_is_404_json(
@@ -230,10 +271,12 @@ def test_malformed_asset_id_is_400(api: TestClient[Litestar]) -> None:
     ):
         _error(api.get(f"/v1/assets/{bad}"), 400)
         _error(api.get(f"/v1/assets/{bad}/content"), 400)
+    # A trailing newline: `$` in a pattern matches before it, fullmatch does not.
+    _error(api.get("/v1/assets/loc1.0123456789abcdef0123%0A"), 400)
+    _error(api.get("/v1/assets/loc1%0A.0123456789abcdef0123/content"), 400)
+    # An encoded slash is decoded before routing: no route has that many segments.
     for path in ("..%2F..%2Fkeys.db", "loc1%2F..%2F..%2Fkeys.db/content"):
-        resp = api.get(f"/v1/assets/{path}")
-        assert 400 <= resp.status_code < 500, (path, resp.status_code)
-        assert resp.headers["content-type"].startswith("application/json")
+        _error(api.get(f"/v1/assets/{path}"), 404)
 
 
 def test_unknown_asset_is_404(api: TestClient[Litestar]) -> None:

@@ -109,11 +109,17 @@ def test_invalid_id_in_path_is_400(client: TestClient[Litestar]) -> None:
         _assert_json_error(client.get(f"/v1/locations/{path}"), 400)
 
 
-def test_slash_in_path_id_is_4xx_json(client: TestClient[Litestar]) -> None:
-    """An encoded slash in a location id is refused with a JSON 4xx, never a 500."""
-    resp = client.get("/v1/locations/a%2Fb")
-    assert 400 <= resp.status_code < 500
-    assert resp.headers["content-type"].startswith("application/json")
+def test_trailing_newline_in_an_id_is_400(client: TestClient[Litestar]) -> None:
+    """`loc1\\n` is not `loc1`: refused in the path and in a body, nothing created."""
+    _assert_json_error(client.post("/v1/locations", json=_loc(id="loc1\n")), 400)
+    _assert_json_error(client.post("/v1/locations", json=_loc(account="acme\n")), 400)
+    _assert_json_error(client.get("/v1/locations/loc1%0A"), 400)
+    assert client.get("/v1/locations").json()["items"] == []
+
+
+def test_slash_in_path_id_is_404_json(client: TestClient[Litestar]) -> None:
+    """An encoded slash is decoded before routing: no route matches, a JSON 404."""
+    _assert_json_error(client.get("/v1/locations/a%2Fb"), 404)
 
 
 def test_unknown_fields_are_400(client: TestClient[Litestar]) -> None:
