@@ -16,6 +16,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from appliance import __version__
 from appliance.admin import AdminSite, admin_router, admin_templates
+from appliance.admin.headers import api_headers
 from appliance.auth import authorize
 from appliance.config import FieldboxConfig
 from appliance.controllers.assets import AssetController
@@ -98,5 +99,5 @@ def create_app(cfg: FieldboxConfig) -> Litestar:
         logging_config=None,
     )
     # Wrap outside Litestar's router so unmatched routes get a request id and a log line too.
-    app.asgi_handler = RequestObserver(app.asgi_handler, metrics)
+    app.asgi_handler = RequestObserver(app.asgi_handler, metrics, api_headers)
     return app

@@ -8,7 +8,7 @@ import secrets
 import sys
 import time
 from collections import deque
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 import msgspec
@@ -19,6 +19,21 @@ from structlog.contextvars import bind_contextvars, clear_contextvars
 from appliance.config import LogConfig
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
+
+Headers = Sequence[tuple[bytes, bytes]]
+NOSNIFF: Headers = ((b"x-content-type-options", b"nosniff"),)
+"""Sent on every response: no browser may guess a type we did not name (docs/security.md)."""
+
+
+def nosniff_only(path: str) -> Headers:
+    """The default header rule: `nosniff` on every path."""
+    return NOSNIFF
+
+
+def with_headers(headers: list[tuple[bytes, bytes]], extra: Headers) -> list[tuple[bytes, bytes]]:
+    """`headers` plus each of `extra` whose name the response did not set itself."""
+    present = {name.lower() for name, _ in headers}
+    return [*headers, *(pair for pair in extra if pair[0] not in present)]
 
 
 class RecentEvents:
@@ -179,11 +194,18 @@ class Metrics(HttpMetrics):
 
 
 class RequestObserver:
-    """ASGI wrapper: request id, one JSON log line and metrics for every HTTP request."""
+    """ASGI wrapper: request id, one JSON log line and metrics for every HTTP request.
 
-    def __init__(self, app: Any, metrics: HttpMetrics) -> None:
+    It also adds `rule(path)`'s security headers to every response, the router's 404s and
+    405s and the error handlers' answers included, unless the response set them itself.
+    """
+
+    def __init__(
+        self, app: Any, metrics: HttpMetrics, rule: Callable[[str], Headers] = nosniff_only
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.rule = rule
         self.log = structlog.get_logger("fieldbox.http")
         self._prefix = secrets.token_hex(4)
         self._counter = 0
@@ -213,8 +235,8 @@ class RequestObserver:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                extra = [(b"x-request-id", request_id.encode()), *self.rule(scope["path"])]
+                message["headers"] = with_headers(list(message.get("headers") or ()), extra)
             await send(message)
 
         try:

@@ -16,6 +16,8 @@ from typing import Any
 
 from appliance.errors import ApiError
 from appliance.partwriter import PartWriter
+from store.errors import InvalidName
+from store.mediatype import check_filename, check_header_text, check_media_type
 from store.paths import check_id, check_label, check_sha256, is_decimal
 
 TUS_VERSION = "1.0.0"
@@ -23,6 +25,8 @@ EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
 CHECKSUM_ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "md5": hashlib.md5}
 OCTETS = "application/offset+octet-stream"
 _KIND = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
+# Where tus clients put the file's media type (Uppy: filetype); the first one given wins.
+_TYPE_KEYS = ("filetype", "mime_type", "content_type")
 # How often a quiet PATCH checks for a stall or a shutdown.
 _POLL_S = 0.25
 
@@ -98,23 +102,24 @@ def upload_meta(meta: dict[str, str]) -> UploadMeta:
         raise tus_error(400, "Upload-Metadata must carry 'location'")
     if not meta.get("filename"):
         raise tus_error(400, "Upload-Metadata must carry 'filename'")
-    location = check_id("location id", meta["location"])
-    filename = os.path.basename(meta["filename"].replace("\\", "/"))[:255]
-    if not filename or filename in (".", ".."):
-        raise tus_error(400, f"invalid filename {meta['filename']!r}")
-    project = check_label("project", meta["project"]) if meta.get("project") else None
-    mime = (
-        meta.get("filetype")
-        or meta.get("mime_type")
-        or meta.get("content_type")
-        or mimetypes.guess_type(filename)[0]
-        or "application/octet-stream"
-    )
+    try:
+        # Every value is stored with the asset, and some reach headers (Content-Type,
+        # Content-Disposition, S3 metadata): no control character gets that far.
+        types = [check_media_type(meta[k]) for k in _TYPE_KEYS if meta.get(k)]
+        for key, value in meta.items():
+            if key not in _TYPE_KEYS:
+                check_header_text(f"Upload-Metadata value of {key!r}", value)
+        location = check_id("location id", meta["location"])
+        filename = check_filename(os.path.basename(meta["filename"].replace("\\", "/"))[:255])
+        project = check_label("project", meta["project"]) if meta.get("project") else None
+    except InvalidName as exc:
+        raise tus_error(400, str(exc), code="invalid_name") from exc
+    mime = types[0] if types else mimetypes.guess_type(filename)[0] or "application/octet-stream"
     kind = meta.get("kind") or _kind_of(mime)
     if not _KIND.match(kind):
         raise tus_error(400, f"invalid kind {kind!r}: lowercase letters, digits, '_' or '-'")
     sha = check_sha256(meta["sha256"].lower()) if meta.get("sha256") else None
-    return UploadMeta(location, filename, project, kind, mime[:200], sha)
+    return UploadMeta(location, filename, project, kind, mime, sha)
 
 
 def _kind_of(mime: str) -> str:

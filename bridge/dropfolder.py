@@ -43,6 +43,7 @@ from bridge.config import BridgeConfig
 from store.errors import DiskFull, NotFound
 from store.ingest import add_file
 from store.locations import Location, Locations
+from store.mediatype import check_filename
 from store.outbox import Outbox
 from store.paths import Layout
 
@@ -187,6 +188,9 @@ class DropFolder:
         asset_id = self._already(loc, sha, drop_key)
         if asset_id is None:
             mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        # A name from disk reaches Content-Disposition and S3 metadata: one with a control
+        # character fails (to `failed/`, with the reason) rather than become an asset.
+        check_filename(path.name)
             try:
                 asset = add_file(
                     self.layout,

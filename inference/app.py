@@ -26,6 +26,8 @@ from store.paths import Layout
 from store.telemetry import Spool
 
 
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+
 async def _admit(request: Request[Any, Any, Any]) -> None:
     """App-wide before-request hook: routes marked `opt["gateway"]` need an allowed caller."""
     if not request.route_handler.opt.get("gateway"):
@@ -41,6 +43,29 @@ async def _admit(request: Request[Any, Any, Any]) -> None:
 
 
 def create_gateway_app(
+class NoSniff:
+    """ASGI wrapper: `X-Content-Type-Options: nosniff` on every response, errors included."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Handle one ASGI connection."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or ())
+                if all(name.lower() != _NOSNIFF[0] for name, _ in headers):
+                    headers.append(_NOSNIFF)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
     gw: GatewayConfig, inference: InferenceConfig, store: StoreConfig
 ) -> Litestar:
     """Build the gateway for one config; backends start in the lifespan, stop after it."""
@@ -63,7 +88,7 @@ def create_gateway_app(
             spool.close()
             key_db.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[StatusController, OpenAIController, OllamaController],
         before_request=_admit,
         exception_handlers=EXCEPTION_HANDLERS,
@@ -76,3 +101,6 @@ def create_gateway_app(
         debug=False,
         logging_config=None,
     )
+    # Outside Litestar's router, so unmatched routes (404, 405) and errors carry it too.
+    app.asgi_handler = NoSniff(app.asgi_handler)
+    return app

@@ -6,7 +6,6 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import anyio
 from litestar import Controller, Request, Response, get, head
@@ -17,6 +16,7 @@ from appliance.auth import FIELD_ACCESS
 from appliance.errors import ApiError
 from appliance.schemas import AssetOut, AssetPage
 from appliance.services import Services, Svc
+from appliance.usercontent import content_headers
 from store import assets, blobs, catalog
 from store.paths import check_label
 
@@ -138,9 +138,9 @@ class AssetController(Controller):
     ) -> Response[None]:
         """Size, type and range support of the bytes, without them (for download managers)."""
         part = _content(svc, asset_id, request.headers.get("range"))
-        # The type travels as a header: Litestar would try to encode `None` as that type.
-        headers = {**part.headers, "Content-Type": part.mime_type}
-        return Response(None, status_code=part.status, headers=headers)
+        # The type travels as a header (it is in `part.headers`): Litestar would try to
+        # encode `None` as that type.
+        return Response(None, status_code=part.status, headers=part.headers)
 
 
 @dataclass(frozen=True)
@@ -159,12 +159,13 @@ def _content(svc: Services, asset_id: str, range_header: str | None) -> _Part:
     span = parse_range(range_header, size)
     start, end = span if span else (0, size - 1)
     length = end - start + 1 if size else 0
-    headers = {
-        "Accept-Ranges": "bytes",
-        "ETag": f'"{asset.sha256}"',
-        "Content-Length": str(length),
-        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(asset.filename, safe='')}",
-    }
+    # Always an attachment, with the sandboxing headers: this is the admin page's origin.
+    headers = content_headers(asset.filename, asset.mime_type, inline=False)
+    # As a header, so that Litestar sends it as it is (it would add a second charset).
+    mime_type = headers["content-type"]
+    headers.update(
+        {"Accept-Ranges": "bytes", "ETag": f'"{asset.sha256}"', "Content-Length": str(length)}
+    )
     if span:
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    return _Part(str(path), start, length, 206 if span else 200, asset.mime_type, headers)
+    return _Part(str(path), start, length, 206 if span else 200, mime_type, headers)

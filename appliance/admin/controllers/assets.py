@@ -10,6 +10,7 @@ from litestar.response import File, Template
 
 from appliance.admin.site import page
 from appliance.services import Services, Svc, in_thread
+from appliance.usercontent import content_headers
 from store import assets, ingest
 from store.assets import Asset
 
@@ -55,11 +56,8 @@ class AssetsController(Controller):
 
     @get("/{asset_id:str}/download", sync_to_thread=True)
     def download(self, asset_id: FromPath[str], svc: Svc, inline: FromQuery[bool] = False) -> File:
-        """The asset's bytes, as a download (or inline, for the page's own viewers)."""
+        """The asset's bytes, as a download (inline only for types that cannot run script)."""
         asset, path = ingest.asset_file(svc.layout, svc.locations, asset_id)
-        return File(
-            path,
-            filename=asset.filename,
-            media_type=asset.mime_type,
-            content_disposition_type="inline" if inline else "attachment",
-        )
+        headers = content_headers(asset.filename, asset.mime_type, inline=inline)
+        # The type as a header, so Litestar sends it as it is (it would add a second charset).
+        return File(path, media_type=headers["content-type"], headers=headers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -38,10 +39,18 @@ def _cookie(session: Session, max_age: int | None = None) -> Cookie:
     )
 
 
+# Where sign-in may send the browser back to: the admin's own pages on this origin and
+# nothing else. No scheme or host (`//evil`, `/\\evil`), no `..`, no %-escapes that a
+# server could decode into one, and no user content (`/admin/assets/{id}/download`).
+_NEXT = re.compile(
+    r"/admin(?:/(?:models|jobs|sync|assets|access|logs)|/jobs/[A-Za-z0-9_-]{1,128})?/?"
+    r"(?:\?[A-Za-z0-9_.~&=+-]*)?"
+)
+
+
 def _next(target: str) -> str:
-    # Only back into the admin page: never an open redirect to another site.
-    ok = target.startswith("/admin") and not target.startswith("//") and "\\" not in target
-    return target if ok and "login" not in target else "/admin"
+    """`target` if it names an admin page of this origin, else `/admin`: never an open redirect."""
+    return target if _NEXT.fullmatch(target) else "/admin"
 
 
 def _login_page(session: Session, nxt: str, error: str = "", status: int = 200) -> Template:

@@ -52,7 +52,7 @@
         if (!html) { return; }
         var doc = new DOMParser().parseFromString(html, 'text/html');
         var fresh = doc.getElementById('main');
-        if (fresh) { main.innerHTML = fresh.innerHTML; drawCharts(main); }
+        if (fresh) { main.innerHTML = fresh.innerHTML; drawCharts(main); placeBoxes(main); }
       }).catch(function () { /* the box restarting: try again next time */ });
     }, every * 1000);
   }
@@ -95,6 +95,21 @@
     });
   }
 
+  // The CSP allows no style attributes: frame sizes and box positions arrive as data
+  // attributes and are set through the CSSOM, which the policy does not block.
+  function placeBoxes(root) {
+    root.querySelectorAll('[data-aspect]').forEach(function (el) {
+      el.style.aspectRatio = el.dataset.aspect;
+    });
+    root.querySelectorAll('[data-place]').forEach(function (el) {
+      var p = el.dataset.place.split(' ').map(Number);
+      el.style.left = p[0] + '%';
+      el.style.top = p[1] + '%';
+      el.style.width = p[2] + '%';
+      el.style.height = p[3] + '%';
+    });
+  }
+
   function confirms() {
     document.addEventListener('submit', function (ev) {
       var msg = ev.target.dataset && ev.target.dataset.confirm;
@@ -104,6 +119,7 @@
 
   document.addEventListener('DOMContentLoaded', function () {
     drawCharts(document);
+    placeBoxes(document);
     startRefresh();
     followJob();
     confirms();
