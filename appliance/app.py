@@ -29,6 +29,7 @@ from appliance.controllers.uploads import UploadController
 from appliance.errors import EXCEPTION_HANDLERS
 from appliance.observe import RECENT, Metrics, RequestObserver
 from appliance.services import Services, in_thread
+from store.errors import NotFound
 
 
 def _provide_services(state: State) -> Services:
@@ -41,9 +42,14 @@ async def _sweep_uploads(svc: Services) -> None:
     while True:
         await asyncio.sleep(svc.cfg.api.cleanup_interval_s)
         try:
-            removed = await in_thread(svc.uploads.expire)
+            removed = await in_thread(svc.uploads.expire)  # each under its upload's lock
             if removed:
                 log.info("uploads_expired", count=removed)
+                for upload_id in list(svc.upload_hashes):  # drop the swept ones' hashers
+                    try:
+                        svc.uploads.get(upload_id)
+                    except NotFound:
+                        svc.upload_hashes.pop(upload_id, None)
         except Exception as exc:  # the sweeper must outlive a bad pass
             log.warning("upload_sweep_failed", error=repr(exc))
 

@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Any
 
 import msgspec
@@ -35,6 +36,21 @@ _COLUMNS = (
     "id, length, offset, location, filename, project, kind, mime_type, declared_sha256, "
     "actual_sha256, metadata, created_at, expires_at, asset_id"
 )
+
+
+class PartMissing(NotFound):
+    """The upload's part file is gone: moved into the blob store (finished), or lost."""
+
+
+# Past its expiry, and not waiting for finalize (those are finished at start-up instead).
+_EXPIRED = "expires_at < ? AND NOT (offset = length AND asset_id IS NULL)"
+
+
+def _same_file(fh: IO[bytes], path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 class Upload(msgspec.Struct, frozen=True, kw_only=True):
@@ -167,20 +183,26 @@ class Uploads:
     def locked_part(self, upload: Upload) -> Iterator[IO[bytes]]:
         """The part file opened for appending at the acknowledged offset, locked exclusively.
 
-        The lock is an flock: it spans processes and dies with a killed process. Bytes past
-        the acknowledged offset (a crash mid-write) are cut off first.
+        The lock is an flock: it spans processes and dies with a killed process. It is held
+        through finalize too, while the part file moves into the blob store, so a request
+        that finds no part file (PartMissing) must re-read the row: the upload is finished,
+        being finished by the lock's holder, or gone. Bytes past the acknowledged offset (a
+        crash mid-write) are cut off first.
         """
         path = self.layout.upload_part(upload.id)
         try:
             # Unbuffered: a failed write (disk full) must fail here, not again at close().
             fh = open(path, "r+b", buffering=0)  # noqa: SIM115 - closed below
         except FileNotFoundError as exc:
-            raise NotFound(f"upload {upload.id!r} has no data file") from exc
+            raise PartMissing(f"upload {upload.id!r} has no data file") from exc
         try:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
                 raise Conflict(f"upload {upload.id!r} is locked by another request") from exc
+            if not _same_file(fh, path):
+                # Opened just before the holder moved it into the blob store: never touch it.
+                raise PartMissing(f"upload {upload.id!r} has no data file")
             fresh = self.get(upload.id)  # re-read under the lock
             fh.truncate(fresh.offset)
             fh.seek(fresh.offset)
@@ -188,11 +210,31 @@ class Uploads:
         finally:
             fh.close()
 
-    def commit_offset(self, upload_id: str, old: int, new: int) -> None:
-        """Record that bytes up to `new` are durable (the part file was fsynced first)."""
+    def busy(self, upload_id: str) -> bool:
+        """True while some request (of any process) holds the upload's lock."""
+        try:
+            fh = open(self.layout.upload_part(upload_id), "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return False
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+
+    def commit_offset(self, upload_id: str, old: int, new: int, now: float | None = None) -> None:
+        """Record that bytes up to `new` are durable (the part file was fsynced first).
+
+        The expiry moves with them: a session expires its ttl (fixed at creation) after the
+        last byte it received, so a long upload over a slow link never expires while moving.
+        """
+        now = time.time() if now is None else now
         with self.db.write() as conn:
             cur = conn.execute(
-                "UPDATE uploads SET offset = ? WHERE id = ? AND offset = ?", (new, upload_id, old)
+                "UPDATE uploads SET offset = ?, expires_at = ? + (expires_at - created_at) "
+                "WHERE id = ? AND offset = ?",
+                (new, now, upload_id, old),
             )
             if cur.rowcount != 1:
                 raise Conflict(f"upload {upload_id!r} moved on while this request wrote to it")
@@ -223,24 +265,42 @@ class Uploads:
         return [_row(r) for r in rows]
 
     def expire(self, now: float | None = None) -> int:
-        """Delete sessions past their expiry and part files with no session; return the count."""
+        """Delete sessions past their expiry and part files with no session; return the count.
+
+        Each session is deleted under its upload lock and re-checked there, so a PATCH or a
+        finalize in flight is never swept from under its request (it is skipped this pass).
+        """
         now = time.time() if now is None else now
-        rows = (
-            self.db.read()
-            .execute(
-                "SELECT id FROM uploads WHERE expires_at < ? "
-                "AND NOT (offset = length AND asset_id IS NULL)",
-                (now,),
-            )
-            .fetchall()
-        )
+        rows = self.db.read().execute(f"SELECT id FROM uploads WHERE {_EXPIRED}", (now,)).fetchall()
+        removed = 0
         for (upload_id,) in rows:
-            self.delete(upload_id)
+            try:
+                with self.locked_part(self.get(upload_id)):
+                    if self._expired(upload_id, now):
+                        self.delete(upload_id)
+                        removed += 1
+            except Conflict:
+                continue  # busy: a request is moving its bytes right now
+            except PartMissing:
+                # No part file: a finished upload (its bytes are a blob now) or lost data.
+                if self._expired(upload_id, now):
+                    self.delete(upload_id)
+                    removed += 1
+            except NotFound:
+                continue  # deleted meanwhile by its client
         known = {r[0] for r in self.db.read().execute("SELECT id FROM uploads").fetchall()}
         for part in self.layout.uploads_dir.glob("*.part"):
             if part.stem not in known and part.stat().st_mtime < now - 60:
                 part.unlink(missing_ok=True)
-        return len(rows)
+        return removed
+
+    def _expired(self, upload_id: str, now: float) -> bool:
+        row = (
+            self.db.read()
+            .execute(f"SELECT 1 FROM uploads WHERE id = ? AND {_EXPIRED}", (upload_id, now))
+            .fetchone()
+        )
+        return row is not None
 
     def close(self) -> None:
         """Close the sessions database."""

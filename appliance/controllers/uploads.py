@@ -18,7 +18,7 @@ from store import ingest
 from store.db import is_disk_full
 from store.errors import Conflict, DiskFull, NotFound
 from store.paths import is_decimal
-from store.uploads import Upload
+from store.uploads import PartMissing, Upload
 
 
 def _headers(up: Upload, **extra: str) -> dict[str, str]:
@@ -39,9 +39,25 @@ def _live(svc: Services, upload_id: str) -> Upload:
         up = svc.uploads.get(upload_id)
     except NotFound as exc:
         raise tus.tus_error(404, str(exc), "not_found") from exc
-    if up.asset_id is None and not up.complete and up.expires_at < time.time():
+    expired = up.asset_id is None and not up.complete and up.expires_at < time.time()
+    # A PATCH still receiving counts as moving: its new expiry lands when it commits.
+    if expired and not svc.uploads.busy(up.id):
         raise tus.tus_error(410, f"upload {upload_id!r} expired", "gone")
     return up
+
+
+def _after_moved(svc: Services, upload_id: str, missing: PartMissing) -> Upload:
+    """The row behind an upload whose part file is gone: finished, or being finished (423)."""
+    try:
+        current = svc.uploads.get(upload_id)
+    except NotFound as exc:
+        raise tus.tus_error(404, str(exc), "not_found") from exc
+    if current.complete and current.asset_id is None:
+        # The lock's holder moved the file into the blob store and is creating the asset.
+        raise tus.tus_error(423, f"upload {upload_id!r} is being finished", "locked")
+    if not current.complete:
+        raise tus.tus_error(404, str(missing), "not_found") from missing
+    return current
 
 
 class UploadController(Controller):
@@ -145,11 +161,14 @@ class UploadController(Controller):
         up = _live(svc, upload_id)  # one indexed read: no thread hop
         try:
             with svc.uploads.locked_part(up):
+                svc.uploads.get(up.id)  # still there under the lock (404 if not)
                 await in_thread(svc.uploads.delete, up.id)
-        except NotFound:
+        except PartMissing as exc:
+            # Finished (the asset stays), or lost its data; 423 while being finished.
+            _after_moved(svc, up.id, exc)
             await in_thread(svc.uploads.delete, up.id)
         except Conflict as exc:
-            raise tus.tus_error(423, str(exc)) from exc
+            raise tus.tus_error(423, str(exc), "locked") from exc
         svc.upload_hashes.pop(up.id, None)
         return Response(None, status_code=204, headers={"Tus-Resumable": tus.TUS_VERSION})
 
@@ -179,20 +198,37 @@ async def _append(
             raise tus.tus_error(409, f"Upload-Offset {offset} does not match {up.offset}")
         if size != 0:
             raise tus.tus_error(413, "the upload already has all its bytes; nothing more fits")
-        return up if up.asset_id else await _finish(svc, up)
+        if up.asset_id:
+            return up
     checksum = tus.parse_checksum(request.headers.get("upload-checksum"))
     if size is not None and offset + size > up.length:
         raise tus.tus_error(413, "PATCH body runs past the declared Upload-Length")
     try:
+        # Receiving and finishing both happen under the upload's lock, so a DELETE, the
+        # sweeper or a second PATCH meanwhile gets 423, never a half-finished upload.
         with svc.uploads.locked_part(up) as fh:
             current = svc.uploads.get(up.id)
             if offset != current.offset:
                 raise tus.tus_error(409, f"Upload-Offset {offset} does not match {current.offset}")
-            await _receive(request, svc, current, fh, checksum)
+            if not current.complete:
+                await _receive(request, svc, current, fh, checksum)
+                current = svc.uploads.get(up.id)
+            if current.complete and current.asset_id is None:
+                current = await _finish(svc, current)
+            return current
     except Conflict as exc:
         raise tus.tus_error(423, str(exc), "locked") from exc
-    up = svc.uploads.get(up.id)
-    return await _finish(svc, up) if up.complete else up
+    except PartMissing as exc:
+        current = _after_moved(svc, up.id, exc)
+        if offset != current.offset:
+            raise tus.tus_error(
+                409, f"Upload-Offset {offset} does not match {current.offset}"
+            ) from exc
+        if size != 0:
+            raise tus.tus_error(
+                413, "the upload already has all its bytes; nothing more fits"
+            ) from exc
+        return current
 
 
 async def _receive(
@@ -257,6 +293,7 @@ def _rewind(fh: Any, offset: int) -> None:
 
 
 async def _finish(svc: Services, up: Upload) -> Upload:
+    # Called with the upload's lock held, or (an empty upload) before anyone knows its id.
     known = svc.upload_hashes.pop(up.id, None)
     digest = known[1].hexdigest() if known and known[0] == up.length else None
     await in_thread(
