@@ -5,43 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
+from appliance.jobparams import job_config
 from appliance.schemas import JobCreate
 from appliance.services import Services, in_thread
 from store import ingest
 from store.errors import InvalidDocument
 from store.queue import TERMINAL, Job, Queue
 
-# The params each kind accepts, and their types: anything else is a 400 at enqueue.
-JOB_PARAMS: dict[str, dict[str, type]] = {
-    "perception": {"fps": float, "max_side": int, "segmenter": str, "keyframe_every": int},
-    "splat": {"fps": float, "max_side": int, "iterations": int, "max_frames": int},
-}
-_SEGMENTERS = ("cpu", "sam2")
 _TERMINAL_EVENTS = frozenset({"succeeded", "failed", "dead", "cancelled"})
 _encode = msgspec.json.Encoder().encode
-
-
-def check_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The params of a job of `kind`, checked; InvalidDocument names what is wrong."""
-    if kind not in JOB_PARAMS:
-        raise InvalidDocument(f"unknown job kind {kind!r}; one of: {', '.join(JOB_PARAMS)}")
-    allowed = JOB_PARAMS[kind]
-    for name, value in params.items():
-        if name not in allowed:
-            raise InvalidDocument(
-                f"unknown param {name!r} for a {kind} job; known: {', '.join(allowed)}"
-            )
-        wanted = allowed[name]
-        if name == "segmenter" and value not in _SEGMENTERS:
-            raise InvalidDocument(f"segmenter must be one of: {', '.join(_SEGMENTERS)}")
-        ok = isinstance(value, wanted) or (wanted is float and isinstance(value, int))
-        if not ok or isinstance(value, bool) or (wanted is not str and value <= 0):
-            raise InvalidDocument(f"param {name!r} must be a positive {wanted.__name__}")
-    return params
 
 
 def _probe(path: Path) -> None:
@@ -56,7 +31,8 @@ def _probe(path: Path) -> None:
 
 async def enqueue(svc: Services, req: JobCreate) -> tuple[Job, bool]:
     """Queue a job for an asset: kind, params and the asset's video are checked first."""
-    params = check_params(req.kind, req.params)
+    job_config(req.kind, req.params, svc.cfg)  # checked and capped before anything is queued
+    params = req.params
     asset, path = await in_thread(ingest.asset_file, svc.layout, svc.locations, req.asset_id)
     await in_thread(_probe, path)
     return await in_thread(

@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
-import msgspec
-
 from appliance.config import FieldboxConfig
+from appliance.jobparams import JobConfig, job_config
+from perception.config import PerceptionConfig
 from perception.progress import InvalidInput, Reporter, Stages
+from perception.splat.config import SplatConfig
 from store import assets, ingest
 from store.assets import Asset
-from store.errors import InvalidName, NotFound
+from store.errors import InvalidDocument, InvalidName, NotFound
 from store.locations import Locations
 from store.outbox import Outbox
 from store.paths import Layout
@@ -102,10 +103,20 @@ def execute(
     raise InvalidInput(f"unknown job kind {job.kind!r}")
 
 
+def _job_config(run: JobRun, kind: str) -> JobConfig:
+    # The same checks as at enqueue (a job queued before them, or by an older api, too):
+    # `structs.replace` would skip the section's constraints and the box's caps.
+    try:
+        return job_config(kind, run.params, run.cfg)
+    except InvalidDocument as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
 def _perception(run: JobRun) -> dict[str, Any]:
     from perception.pipeline import run_perception
 
-    pcfg = msgspec.structs.replace(run.cfg.perception, **run.params)
+    pcfg = _job_config(run, "perception")
+    assert isinstance(pcfg, PerceptionConfig)
     facts = run_perception(run.video, run.work / "perception", pcfg, run.reporter)
     return Stages(run.work, run.reporter).run(
         "publish",
@@ -120,7 +131,8 @@ def _perception(run: JobRun) -> dict[str, Any]:
 def _splat(run: JobRun) -> dict[str, Any]:
     from perception.splat.pipeline import run_splat
 
-    scfg = msgspec.structs.replace(run.cfg.splat, **run.params)
+    scfg = _job_config(run, "splat")
+    assert isinstance(scfg, SplatConfig)
     ply = run_splat(run.video, run.work / "splat", scfg, run.reporter)
     export = Stages(run.work / "splat").done("export") or {}
     thumb = export.get("thumbnail")

@@ -228,7 +228,7 @@ def test_unsatisfiable_range_is_416_json(api: TestClient[Litestar]) -> None:
 def test_malformed_range_is_ignored(api: TestClient[Litestar], header: str) -> None:
     """A Range that is not one valid byte-range-spec is ignored: 200 and the whole file."""
     asset_id = upload(api, DATA)
-    resp = api.get(f"/v1/assets/{asset_id}/content", headers={"Range": header.encode("latin-1")})
+    resp = api.get(f"/v1/assets/{asset_id}/content", headers={b"Range": header.encode("latin-1")})
     assert resp.status_code == 200, resp.text
     assert resp.content == DATA
     assert "content-range" not in resp.headers
