@@ -238,8 +238,18 @@ def test_list_of_empty_collection(api: TestClient[Litestar]) -> None:
 
 def test_list_rejects_bad_limit(api: TestClient[Litestar]) -> None:
     """A limit outside 1..1000 is a 400."""
-    for limit in ("0", "1001", "-1", "many"):
+    for limit in ("0", "1001", "-1", "many", "null", ""):
         _error(api.get("/v1/locations/loc1/docs/c", params={"limit": limit}), 400)
+    _error(api.get("/v1/locations/loc1/docs/c?cursor=%C3%BF"), 400)
+
+
+def test_deeply_nested_json_is_400_and_not_stored(api: TestClient[Litestar]) -> None:
+    """JSON nested past the decoder's depth is a 400 naming it; no document is written."""
+    deep = b"[" * 5000 + b"]" * 5000
+    url = "/v1/locations/loc1/docs/c/deep"
+    body = _error(api.put(url, content=deep, headers={"If-None-Match": "*"}), 400)
+    assert "nested too deeply" in body["message"]
+    _error(api.get(url), 404)
 
 
 def test_traversal_in_collection_or_key_is_refused(api: TestClient[Litestar]) -> None:
