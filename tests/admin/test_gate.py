@@ -209,3 +209,40 @@ def test_every_page_renders_when_signed_in(
     assert r.status_code == 200, r.text[:2000]
     assert "text/html" in r.headers["content-type"]
     assert 'id="sign-out"' in r.text
+
+
+@pytest.mark.parametrize(
+    ("target", "lands"),
+    [
+        ("/admin/jobs", "/admin/jobs"),
+        ("/admin/jobs/job_0123abcd", "/admin/jobs/job_0123abcd"),
+        ("/admin/assets?q=roof&location=site1", "/admin/assets?q=roof&location=site1"),
+        ("//evil.example/", "/admin"),
+        ("/\\evil.example/", "/admin"),
+        ("https://evil.example/admin", "/admin"),
+        ("javascript:alert(1)", "/admin"),
+        ("/admin/assets/site1.0123/download?inline=true", "/admin"),
+        ("/admin/assets/site1.0123/download", "/admin"),
+        ("/admin/../v1/assets/x/content", "/admin"),
+        ("/admin/%2e%2e/v1/assets", "/admin"),
+        ("/admin.evil.example/", "/admin"),
+        ("/admin/login", "/admin"),
+        ("/admin/static/admin.js", "/admin"),
+        ("/admin/jobs/x/events", "/admin"),
+        ("/admin/jobs\r\nX-Injected: 1", "/admin"),
+    ],
+)
+def test_next_goes_only_to_admin_pages(
+    anon: Client, lan_cfg: FieldboxConfig, target: str, lands: str
+) -> None:
+    """After sign-in `next` is followed only to an admin page of this origin: never another
+    site, a scheme, a path that leaves /admin, or user content (an uploaded file)."""
+    form = anon.get("/admin/login", params={"next": target})
+    assert f'name="next" value="{lands}"' in form.text.replace("&amp;", "&")
+    r = anon.post(
+        "/admin/login",
+        data={"token": make_token(lan_cfg, ("admin",)), "next": target, "_csrf": _csrf(form.text)},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    assert r.headers["location"] == lands
