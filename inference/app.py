@@ -15,6 +15,7 @@ from inference.access import Access, Caller
 from inference.config import GatewayConfig, InferenceConfig
 from inference.controllers.ollama_api import OllamaController
 from inference.controllers.openai_api import OpenAIController
+from inference.controllers.schema import SchemaController
 from inference.controllers.status import StatusController
 from inference.errors import EXCEPTION_HANDLERS
 from inference.metrics import GatewayMetrics
@@ -25,8 +26,8 @@ from store.config import StoreConfig
 from store.paths import Layout
 from store.telemetry import Spool
 
-
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
+
 
 async def _admit(request: Request[Any, Any, Any]) -> None:
     """App-wide before-request hook: routes marked `opt["gateway"]` need an allowed caller."""
@@ -42,7 +43,6 @@ async def _admit(request: Request[Any, Any, Any]) -> None:
     request.state.caller = caller
 
 
-def create_gateway_app(
 class NoSniff:
     """ASGI wrapper: `X-Content-Type-Options: nosniff` on every response, errors included."""
 
@@ -66,6 +66,7 @@ class NoSniff:
         await self.app(scope, receive, sending)
 
 
+def create_gateway_app(
     gw: GatewayConfig, inference: InferenceConfig, store: StoreConfig
 ) -> Litestar:
     """Build the gateway for one config; backends start in the lifespan, stop after it."""
@@ -89,7 +90,7 @@ class NoSniff:
             key_db.close()
 
     app = Litestar(
-        route_handlers=[StatusController, OpenAIController, OllamaController],
+        route_handlers=[StatusController, OpenAIController, OllamaController, SchemaController],
         before_request=_admit,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

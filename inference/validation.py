@@ -102,7 +102,9 @@ def check_chat(body: Json, max_tokens_limit: int) -> None:
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages is required: a non-empty list", param="messages")
     for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or msg.get("role") not in _ROLES:
+        # isinstance first: an object or array role is unhashable, and `in` would raise.
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if not isinstance(role, str) or role not in _ROLES:
             raise RequestError(
                 f"messages[{i}] needs a role (one of {', '.join(sorted(_ROLES))})",
                 param=f"messages[{i}]",
