@@ -43,7 +43,7 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Largest resumable upload accepted (`Tus-Max-Size`; 413 past it)."""
 
     upload_expiry_hours: PositiveFloat = 24.0
-    """An unfinished upload is deleted this long after it was created."""
+    """An unfinished upload is deleted this long after the last byte it received."""
 
     upload_stall_timeout_s: PositiveFloat = 30.0
     """A PATCH that sends nothing for this long is ended; the bytes it sent are kept."""
