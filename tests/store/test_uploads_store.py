@@ -258,3 +258,32 @@ def test_a_crash_after_the_asset_reruns_the_hook_on_resume(box: Box) -> None:
     [asset_id] = [a.id for a in seen]
     assert box.uploads.get(up.id).asset_id == asset_id
     assert len(box.outbox.pending()) == 1  # one asset, one row: the resume made no second
+
+
+def test_expire_skips_a_session_whose_lock_is_held(box: Box) -> None:
+    """The sweeper takes the upload's lock: a request holding it keeps its session and bytes."""
+    up = _write(box, _start(box, 10, ttl_s=1), b"abc")
+    later = time.time() + 10
+    with box.uploads.locked_part(up) as fh:
+        assert box.uploads.expire(now=later) == 0
+        fh.write(b"def")  # the request still owns a live part file
+    assert box.uploads.get(up.id).offset == 3
+    assert box.layout.upload_part(up.id).read_bytes() == b"abcdef"
+    assert box.uploads.expire(now=later) == 1  # released: now it goes
+    with pytest.raises(NotFound):
+        box.uploads.get(up.id)
+    assert not box.layout.upload_part(up.id).exists()
+
+
+def test_expiry_moves_with_each_committed_byte(box: Box) -> None:
+    """commit_offset sets the expiry to its time plus the ttl fixed at creation."""
+    up = _start(box, 10, ttl_s=60)
+    with box.uploads.locked_part(up) as fh:
+        fh.write(b"abc")
+        os.fsync(fh.fileno())
+    box.uploads.commit_offset(up.id, 0, 3, now=up.created_at + 50)
+    moved = box.uploads.get(up.id)
+    assert moved.expires_at == pytest.approx(up.created_at + 110)
+    assert box.uploads.expire(now=up.created_at + 100) == 0
+    assert box.uploads.get(up.id).offset == 3
+    assert box.uploads.expire(now=up.created_at + 111) == 1
