@@ -107,6 +107,11 @@ class DropFolder:
         self._watching = False
         self.ingested = 0
         self.failed = 0
+        # Scans begun and finished, and names the last one passed over (temp, hidden,
+        # partial): what shows the folder was looked at when nothing was taken.
+        self.scans_begun = 0
+        self.scans = 0
+        self.skipped_names = 0
         self.last_ingested: str | None = None
         self.last_error: str | None = None
 
@@ -114,6 +119,7 @@ class DropFolder:
 
     def _candidates(self) -> dict[str, Signature]:
         out: dict[str, Signature] = {}
+        passed_over = 0
         for dirpath, dirnames, filenames in os.walk(self.root):
             top = Path(dirpath) == self.root
             dirnames[:] = [
@@ -123,6 +129,7 @@ class DropFolder:
             ]
             for name in filenames:
                 if skipped(name):
+                    passed_over += 1
                     continue
                 path = Path(dirpath) / name
                 try:
@@ -132,6 +139,7 @@ class DropFolder:
                 if stat.S_ISREG(st.st_mode):
                     rel = path.relative_to(self.root).as_posix()
                     out[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        self.skipped_names = passed_over
         return out
 
     def _watch_filter(self, change: Change, path: str) -> bool:
@@ -180,6 +188,9 @@ class DropFolder:
             loc = self.locs.get(self.cfg.location)
         except NotFound as exc:
             raise _Hold(f"location {self.cfg.location!r} does not exist") from exc
+        # A name from disk reaches Content-Disposition and S3 metadata: one with a control
+        # character fails (to `failed/`, with the reason) rather than become an asset.
+        check_filename(path.name)
         sha, now_sig = self._digest(path)
         if now_sig != sig:
             return False
@@ -188,9 +199,6 @@ class DropFolder:
         asset_id = self._already(loc, sha, drop_key)
         if asset_id is None:
             mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        # A name from disk reaches Content-Disposition and S3 metadata: one with a control
-        # character fails (to `failed/`, with the reason) rather than become an asset.
-        check_filename(path.name)
             try:
                 asset = add_file(
                     self.layout,
@@ -234,6 +242,12 @@ class DropFolder:
 
     async def scan_once(self, stop: asyncio.Event | None = None) -> int:
         """Look at every file once, ingest those stable for `stable_s`; return how many."""
+        self.scans_begun += 1
+        done = await self._scan(stop)
+        self.scans += 1
+        return done
+
+    async def _scan(self, stop: asyncio.Event | None) -> int:
         found = await asyncio.to_thread(self._candidates)
         now = time.monotonic()
         for rel in list(self._seen):
@@ -310,6 +324,8 @@ class DropFolder:
             "waiting": len(self._seen),
             "ingested": self.ingested,
             "failed": self.failed,
+            "scans": self.scans,
+            "skipped": self.skipped_names,
             "last_ingested": self.last_ingested,
             "last_error": self.last_error,
         }

@@ -96,6 +96,12 @@ async def _until(what: str, check: Callable[[], bool], timeout: float = 15.0) ->
         await asyncio.sleep(0.05)
 
 
+async def _a_scan_from_now(folder: DropFolder) -> None:
+    """Wait until a scan that began after this call has finished."""
+    begun = folder.scans_begun
+    await _until("a scan", lambda: folder.scans > begun)
+
+
 def test_a_file_growing_in_steps_becomes_one_asset_after_it_stops(box: Box) -> None:
     """Written in six steps with pauses well under stable_s: nothing is ingested while it
     grows; then exactly one asset with the full content, and the file is in `ingested/`."""
@@ -108,9 +114,9 @@ def test_a_file_growing_in_steps_becomes_one_asset_after_it_stops(box: Box) -> N
             for part in parts:
                 fh.write(part)
                 fh.flush()
-                await asyncio.sleep(STABLE_S / 5)  # wide margin: a busy machine may sleep long
+                await _a_scan_from_now(folder)  # it looked at the file as it is, and left it
                 assert box.assets() == [], "ingested while still growing"
-                assert folder.status()["watching"]
+                assert folder.status()["watching"] and folder.status()["waiting"] == 1
         await _until("the move to ingested/", lambda: (box.drop / "ingested/clip.mp4").exists())
 
     asyncio.run(_running(folder, body))
@@ -143,11 +149,16 @@ def test_files_present_at_start_are_ingested_and_temp_names_are_skipped(box: Box
         (box.drop / name).write_bytes(b"skip me")
     assert all(skipped(n) for n in temps) and not skipped("photo.jpg")
 
+    folder = box.folder()
+
     async def body() -> None:
         await _until("two assets", lambda: len(box.assets()) == 2)
-        await asyncio.sleep(STABLE_S * 2)  # the skipped files had every chance
+        # The temp names were there, as old as the two files, in the scan that took those;
+        # one scan more, and they were passed over by name each time.
+        await _a_scan_from_now(folder)
+        assert folder.status()["skipped"] == len(temps)
 
-    asyncio.run(_running(box.folder(), body))
+    asyncio.run(_running(folder, body))
 
     assert sorted(a["filename"] for a in box.assets()) == ["img1.jpg", "photo.jpg"]
     assert (box.drop / "ingested" / "photo (1).jpg").read_bytes() == b"first photo"
