@@ -91,6 +91,7 @@ def serve() -> None:
 def serve_api(ctx: Context, host: str | None, port: int | None) -> None:
     """The field API (Litestar on uvicorn)."""
     from appliance.app import create_app
+    from appliance.errors import error_body
     from appliance.observe import configure_logging
     from appliance.serving import serve
     from store.rootlock import RootLocked, hold_api_lock, release_api_lock
@@ -106,7 +107,11 @@ def serve_api(ctx: Context, host: str | None, port: int | None) -> None:
     app = create_app(cfg)
     try:
         serve(
-            app, host=host or cfg.api.host, port=port or cfg.api.port, stopping=app.state.stopping
+            app,
+            host=host or cfg.api.host,
+            port=port or cfg.api.port,
+            stopping=app.state.stopping,
+            error_body=error_body,
         )
     finally:
         release_api_lock(lock)
@@ -123,6 +128,7 @@ def serve_gateway(ctx: Context, host: str | None, port: int | None) -> None:
     from appliance.observe import HttpMetrics, RequestObserver, configure_logging
     from appliance.serving import serve
     from inference.app import create_gateway_app
+    from inference.errors import error_body
 
     cfg = ctx.cfg
     configure_logging(cfg.log, "gateway")
@@ -134,6 +140,7 @@ def serve_gateway(ctx: Context, host: str | None, port: int | None) -> None:
         host=host or cfg.gateway.host,
         port=port or cfg.gateway.port,
         stopping=threading.Event(),
+        error_body=error_body,
         loop="uvloop",
     )
 

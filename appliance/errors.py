@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import structlog
@@ -9,6 +10,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from appliance.committer import DatabaseBusy
+from store.db import is_disk_full, is_locked
 from store.errors import (
     ChecksumMismatch,
     Conflict,
@@ -43,11 +45,13 @@ _CODES = {
     411: "length_required",
     412: "precondition_failed",
     413: "too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
     416: "range_not_satisfiable",
     423: "locked",
     428: "precondition_required",
     429: "too_many_requests",
+    431: "request_header_fields_too_large",
     503: "unavailable",
 }
 
@@ -65,6 +69,11 @@ class ApiError(HTTPException):
     ) -> None:
         super().__init__(detail=message, status_code=status, headers=headers)
         self.code = code or _CODES.get(status, "error")
+
+
+def error_body(_path: str, status: int, message: str) -> dict[str, Any]:
+    """The JSON error body of the api, for a status that has no more specific code."""
+    return {"error": _CODES.get(status, "error"), "message": message, "status": status}
 
 
 def error_response(
@@ -107,6 +116,16 @@ def _too_deep(_: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
     return error_response(400, "invalid_document", f"{TOO_DEEP}: {exc}")
 
 
+def _sqlite(request: Request[Any, Any, Any], exc: sqlite3.OperationalError) -> Response[Any]:
+    # A write on a request thread that waited out busy_timeout behind another writer (a
+    # backup, a checkpoint, the CLI) is the box being busy, not broken: the client retries.
+    if is_locked(exc):
+        return error_response(503, "busy", "the database is busy; retry", {"Retry-After": "1"})
+    if is_disk_full(exc):
+        return error_response(507, "insufficient_storage", "the box's disk is full")
+    return _unexpected(request, exc)
+
+
 def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     structlog.get_logger("fieldbox.http").exception("unhandled_error", error=repr(exc))
     return error_response(500, "internal", "internal error; see the box's logs for the request id")
@@ -116,5 +135,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     StoreError: _store_error,
     HTTPException: _http_error,
     RecursionError: _too_deep,
+    sqlite3.OperationalError: _sqlite,
     Exception: _unexpected,
 }

@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 
 from appliance import sdnotify
+from appliance.httplimits import ErrorBody, bounded_protocol
 
 
 class _Server(uvicorn.Server):
@@ -72,11 +73,22 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def serve(
-    app: Any, *, host: str, port: int, stopping: threading.Event, loop: str = "asyncio"
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    stopping: threading.Event,
+    error_body: ErrorBody,
+    loop: str = "asyncio",
 ) -> None:
-    """Serve `app` until a signal; in-flight requests get 10 s to finish."""
+    """Serve `app` until a signal; in-flight requests get 10 s to finish.
+
+    A request head past the limits of `appliance.httplimits` is refused with 414/431 and
+    an `error_body` JSON body before the app sees it.
+    """
     config = uvicorn.Config(
         app,
+        http=bounded_protocol(error_body),
         host=host,
         port=port,
         log_config=None,

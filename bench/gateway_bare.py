@@ -92,9 +92,12 @@ async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], b
 def main(argv: list[str]) -> int:
     """Serve until SIGTERM."""
     from appliance.serving import serve
+    from inference.errors import error_body
 
     host, port, upstream = argv[0], int(argv[1]), argv[2]
-    serve(BareProxy(upstream), host=host, port=port, stopping=threading.Event())
+    serve(
+        BareProxy(upstream), host=host, port=port, stopping=threading.Event(), error_body=error_body
+    )
     return 0
 
 

@@ -38,6 +38,14 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
+def is_locked(exc: BaseException) -> bool:
+    """True when `exc` is SQLite giving up on a lock another connection held past the timeout."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "is locked" in str(exc)
+
+
 def connect(path: Path | str, cfg: StoreConfig) -> sqlite3.Connection:
     """Open one connection with the pragmas every fieldbox database uses."""
     conn = sqlite3.connect(
