@@ -78,6 +78,11 @@ crash-soak: install
 	FIELDBOX_CRASH_ROUNDS=$${FIELDBOX_CRASH_ROUNDS:-300} $(BIN)/pytest -q -s -m slow \
 	  tests/system/test_box_crash.py::test_whole_box_kill9_soak
 
+# Thousands of schemathesis cases against a real api and gateway (make test runs a few hundred).
+.PHONY: fuzz
+fuzz: install
+	FIELDBOX_FUZZ_EXAMPLES=$${FIELDBOX_FUZZ_EXAMPLES:-100} $(BIN)/pytest -q -s tests/system/test_fuzz.py
+
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache *.egg-info
 

@@ -6,6 +6,7 @@ import hashlib
 import time
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, head, patch, post, route
 from litestar.params import FromPath
 
@@ -296,7 +297,7 @@ async def _finish(svc: Services, up: Upload) -> Upload:
     # Called with the upload's lock held, or (an empty upload) before anyone knows its id.
     known = svc.upload_hashes.pop(up.id, None)
     digest = known[1].hexdigest() if known and known[0] == up.length else None
-    await in_thread(
+    asset = await in_thread(
         ingest.finalize,
         svc.layout,
         svc.locations,
@@ -307,4 +308,6 @@ async def _finish(svc: Services, up: Upload) -> Upload:
         on_created=svc.on_asset_created,
     )
     svc.metrics.uploads_completed.inc()
-    return svc.uploads.get(up.id)
+    # Not re-read: a DELETE may remove the finished row the moment the lock's file moves,
+    # and the PATCH that made the asset must still answer with its id.
+    return msgspec.structs.replace(up, asset_id=asset.id, offset=up.length)
