@@ -16,7 +16,7 @@ import sqlite3
 from typing import Any, TypeVar
 
 from store.config import StoreConfig
-from store.db import Operation, apply_ops, bound_wal, connect, is_disk_full
+from store.db import Operation, apply_ops, bound_wal, connect, is_disk_full, is_locked
 from store.errors import DiskFull, StoreError
 
 T = TypeVar("T")
@@ -62,7 +62,7 @@ class AsyncCommitter:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
+            if is_locked(exc):
                 if loop.time() < deadline:
                     loop.call_later(_BUSY_RETRY_S, self._begin, loop, deadline, 0)
                     return

@@ -36,7 +36,8 @@ class _BoundedHead(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_bytes = 0
+        self._field_bytes = 0  # header fields as parsed
+        self._raw_bytes = 0  # bytes read while the head is unfinished
         self._in_head = False
         self._refusal: tuple[int, str] | None = None
         self._discarded = -1  # >= 0 once refused: bytes read and dropped since
@@ -44,7 +45,7 @@ class _BoundedHead(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         """A new request: its head is counted from zero."""
         super().on_message_begin()
-        self._head_bytes = 0
+        self._field_bytes = self._raw_bytes = 0
         self._in_head = True
 
     def on_url(self, url: bytes) -> None:
@@ -56,8 +57,8 @@ class _BoundedHead(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         """Count one header field; past the limit, stop parsing."""
         super().on_header(name, value)
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_HEADER_BYTES:
+        self._field_bytes += len(name) + len(value) + 4
+        if self._field_bytes > MAX_HEADER_BYTES:
             self._refuse_while_parsing(431, _HEADERS_MESSAGE)
 
     def on_headers_complete(self) -> None:
@@ -75,8 +76,8 @@ class _BoundedHead(HttpToolsProtocol):
         super().data_received(data)
         # llhttp buffers a field until its end: a field that never ends is counted raw.
         if self._in_head and self._discarded < 0:
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_TARGET_BYTES + MAX_HEADER_BYTES:
+            self._raw_bytes += len(data)
+            if self._raw_bytes > MAX_TARGET_BYTES + MAX_HEADER_BYTES:
                 self._refusal = (431, _HEADERS_MESSAGE)
                 self._send_refusal()
 

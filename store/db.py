@@ -43,7 +43,12 @@ def is_locked(exc: BaseException) -> bool:
     if not isinstance(exc, sqlite3.OperationalError):
         return False
     code = getattr(exc, "sqlite_errorcode", None)
-    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "is locked" in str(exc)
+    message = str(exc)
+    return (
+        code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        or "locked" in message
+        or "busy" in message
+    )
 
 
 def connect(path: Path | str, cfg: StoreConfig) -> sqlite3.Connection:

@@ -5,7 +5,9 @@ a write that waits out another writer's lock is a 503 with Retry-After, not a 50
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,3 +145,17 @@ def test_a_write_behind_a_held_lock_is_503_with_retry_after(box: Box) -> None:
         assert conn.execute("SELECT count(*) FROM uploads WHERE id = ?", (upload_id,)).fetchone()
     finally:
         conn.close()
+
+
+def test_a_head_under_the_limits_sent_in_pieces_is_served(box: Box) -> None:
+    """20 KB of headers arriving in two writes is a normal request: 200, not 431."""
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    head += b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(20)) + b"\r\n"
+    with socket.create_connection(("127.0.0.1", box.api.port), timeout=30) as sock:
+        sock.sendall(head[:15000])
+        time.sleep(0.5)  # so the server reads the first piece on its own
+        sock.sendall(head[15000:])
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 "), data[:200]
