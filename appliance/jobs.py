@@ -19,10 +19,19 @@ _TERMINAL_EVENTS = frozenset({"succeeded", "failed", "dead", "cancelled"})
 _encode = msgspec.json.Encoder().encode
 
 
-def _probe(path: Path) -> None:
+def _probe(path: Path, kind: str) -> None:
     from perception.frames import probe
     from perception.progress import InvalidInput
+    from perception.splat.photos import check_photo_capture, is_photo_capture
 
+    if is_photo_capture(path):
+        if kind != "splat":
+            raise InvalidDocument(f"a photo capture (ZIP) can go to a splat job, not {kind}")
+        try:
+            check_photo_capture(path)
+        except InvalidInput as exc:
+            raise InvalidDocument(f"the asset is not a usable photo capture: {exc}") from exc
+        return
     try:
         probe(path)
     except InvalidInput as exc:
@@ -30,11 +39,11 @@ def _probe(path: Path) -> None:
 
 
 async def enqueue(svc: Services, req: JobCreate) -> tuple[Job, bool]:
-    """Queue a job for an asset: kind, params and the asset's video are checked first."""
+    """Queue a job for an asset: kind, params and the asset's video or photos are checked first."""
     job_config(req.kind, req.params, svc.cfg)  # checked and capped before anything is queued
     params = req.params
     asset, path = await in_thread(ingest.asset_file, svc.layout, svc.locations, req.asset_id)
-    await in_thread(_probe, path)
+    await in_thread(_probe, path, req.kind)
     return await in_thread(
         svc.queue.enqueue,
         req.kind,
@@ -45,8 +54,11 @@ async def enqueue(svc: Services, req: JobCreate) -> tuple[Job, bool]:
     )
 
 
-def enqueue_capture_jobs(queue: Queue, asset_id: str, location: str) -> list[Job]:
-    """A perception and a splat job for a capture upload; idempotent per asset, so a
+def enqueue_capture_jobs(
+    queue: Queue, asset_id: str, location: str, *, photos: bool = False
+) -> list[Job]:
+    """A perception and a splat job for a capture upload (a splat job only for a photo
+    capture: perception tracks objects through video); idempotent per asset, so a
     repeated finalize (a retried last PATCH, a restart) queues nothing twice."""
     return [
         queue.enqueue(
@@ -55,7 +67,7 @@ def enqueue_capture_jobs(queue: Queue, asset_id: str, location: str) -> list[Job
             location=location,
             idempotency_key=f"capture:{asset_id}:{kind}",
         )[0]
-        for kind in ("perception", "splat")
+        for kind in (("splat",) if photos else ("perception", "splat"))
     ]
 
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from zipfile import is_zipfile
 
 from litestar.di import NamedDependency
 
@@ -85,7 +86,8 @@ class Services:
         if asset.kind == "capture" and self.cfg.worker.auto_enqueue_capture:
             from appliance.jobs import enqueue_capture_jobs
 
-            enqueue_capture_jobs(self.queue, asset.id, asset.location)
+            _, blob = ingest.asset_file(self.layout, self.locations, asset.id)
+            enqueue_capture_jobs(self.queue, asset.id, asset.location, photos=is_zipfile(blob))
 
     def free_disk_bytes(self) -> int:
         """Free bytes on the filesystem of the data root."""

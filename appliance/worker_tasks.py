@@ -16,6 +16,7 @@ row committed.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -54,8 +55,12 @@ class JobRun:
     params: dict[str, Any]
     reporter: Reporter
 
-    def publish(self, path: Path, kind: str, suffix: str, mime: str) -> str:
-        """Store a result file as an asset of the source's location, once; return its id."""
+    def publish(
+        self, path: Path, kind: str, suffix: str, mime: str, extra: dict[str, Any] | None = None
+    ) -> str:
+        """Store a result file as an asset of the source's location, once; return its id.
+
+        `extra` joins the asset's metadata (a splat's quality figures, say)."""
         stem = PurePath(self.asset.filename).stem or "capture"
         made = ingest.add_file(
             self.layout,
@@ -67,7 +72,12 @@ class JobRun:
             filename=f"{stem}{suffix}",
             mime_type=mime,
             project=self.asset.project,
-            metadata={"job_id": self.job.id, "source_asset_id": self.asset.id, "output": kind},
+            metadata={
+                **(extra or {}),
+                "job_id": self.job.id,
+                "source_asset_id": self.asset.id,
+                "output": kind,
+            },
             asset_id=assets.job_output_id(
                 self.asset.location, self.job.id, self.job.created_at, kind
             ),
@@ -118,14 +128,24 @@ def _perception(run: JobRun) -> dict[str, Any]:
     pcfg = _job_config(run, "perception")
     assert isinstance(pcfg, PerceptionConfig)
     facts = run_perception(run.video, run.work / "perception", pcfg, run.reporter)
-    return Stages(run.work, run.reporter).run(
-        "publish",
-        lambda _: {
+
+    def publish(_: Path) -> dict[str, Any]:
+        from perception.overlay import write_thumbnails
+
+        out = {
             "scene_facts_asset_id": run.publish(
                 facts, "scene_facts", ".scene_facts.json", "application/json"
             )
-        },
-    )
+        }
+        # Small copies of the frames with tracks, kept as an asset: the admin page draws
+        # the masks over them long after the job's work dir is gone.
+        thumbs = run.work / "frames.zip"
+        doc = json.loads(facts.read_bytes())
+        if write_thumbnails(doc, run.work / "perception" / "frames", thumbs):
+            out["frames_asset_id"] = run.publish(thumbs, "frames", ".frames.zip", "application/zip")
+        return out
+
+    return Stages(run.work, run.reporter).run("publish", publish)
 
 
 def _splat(run: JobRun) -> dict[str, Any]:
@@ -135,16 +155,22 @@ def _splat(run: JobRun) -> dict[str, Any]:
     assert isinstance(scfg, SplatConfig)
     ply = run_splat(run.video, run.work / "splat", scfg, run.reporter)
     export = Stages(run.work / "splat").done("export") or {}
-    thumb = export.get("thumbnail")
+    quality = export.get("quality") or {}
 
     def publish(_: Path) -> dict[str, Any]:
-        out = {
-            "splat_asset_id": run.publish(ply, "splat", ".splat.ply", "application/octet-stream")
-        }
-        if isinstance(thumb, str) and Path(thumb).is_file():
-            out["thumbnail_asset_id"] = run.publish(
-                Path(thumb), "thumbnail", ".thumb.jpg", "image/jpeg"
+        out: dict[str, Any] = {
+            "splat_asset_id": run.publish(
+                ply, "splat", ".splat.ply", "application/octet-stream", {"quality": quality}
             )
+        }
+        for key, kind, suffix, mime in (
+            ("thumbnail", "thumbnail", ".thumb.jpg", "image/jpeg"),
+            ("cameras", "splat_cameras", ".cameras.json", "application/json"),
+        ):
+            found = export.get(key)
+            if isinstance(found, str) and Path(found).is_file():
+                out[f"{key}_asset_id"] = run.publish(Path(found), kind, suffix, mime)
+        out["quality"] = quality
         return out
 
     return Stages(run.work, run.reporter).run("publish", publish)

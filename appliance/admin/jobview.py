@@ -1,14 +1,21 @@
-"""What the jobs section shows of a job: its result assets, its scene facts as frames with
-boxes, and the frames themselves (the perception stage's JPEGs in `jobs/{id}/`)."""
+"""What the jobs section shows of a job: its result assets, and its scene facts as the job's
+frames with every track's mask, box and id drawn on them (`perception.overlay`).
+
+The frames come from the job's `frames` asset (thumbnails it stored when it finished), or,
+for a job that finished before it stored them, from its work dir while that still exists."""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+
 from appliance.services import Services
+from perception import overlay
+from perception.overlay import Image
 from store import ingest
 from store.errors import InvalidName, NotFound
 from store.queue import Job
@@ -17,8 +24,8 @@ _RESULT_LABELS = {
     "splat_asset_id": "splat (.ply)",
     "thumbnail_asset_id": "thumbnail",
     "scene_facts_asset_id": "scene facts (JSON)",
+    "frames_asset_id": "frames (ZIP of JPEGs)",
 }
-_FRAME = re.compile(r"^\d{6}\.jpg$")
 _MAX_FRAMES = 60
 
 
@@ -36,39 +43,68 @@ def frames_dir(svc: Services, job: Job) -> Path:
     return svc.layout.jobs_dir / job.id / "perception" / "frames"
 
 
-def frame_file(svc: Services, job: Job, index: int) -> Path:
-    """One sampled frame's JPEG; NotFound when it is not on disk."""
-    path = frames_dir(svc, job) / f"{index:06d}.jpg"
-    if index < 0 or not path.is_file():
-        raise NotFound(f"frame {index} of job {job.id} is not on disk")
-    return path
-
-
-def scene_frames(svc: Services, job: Job) -> dict[str, Any] | None:
-    """The job's scene facts, frame by frame: each frame's boxes (track id, label, bbox).
-
-    None when the job has no scene facts; `frames` lists at most 60 frames that have a box,
-    each with `image` true when its JPEG is still on disk.
-    """
+def _facts(svc: Services, job: Job) -> dict[str, Any] | None:
     facts_id = (job.result or {}).get("scene_facts_asset_id")
     if not isinstance(facts_id, str):
         return None
+    _, path = ingest.asset_file(svc.layout, svc.locations, facts_id)
+    doc: dict[str, Any] = json.loads(path.read_bytes())
+    return doc
+
+
+def _stored_frame(svc: Services, job: Job, index: int) -> Image | None:
+    frames_id = (job.result or {}).get("frames_asset_id")
+    if isinstance(frames_id, str):
+        try:
+            _, archive = ingest.asset_file(svc.layout, svc.locations, frames_id)
+        except (NotFound, InvalidName):
+            archive = None
+        if archive is not None:
+            found = overlay.read_thumbnail(archive, index)
+            if found is not None:
+                return found
+    path = frames_dir(svc, job) / overlay.thumb_name(index)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
+    return None if image is None else np.asarray(image, np.uint8)
+
+
+def frame_jpeg(svc: Services, job: Job, index: int) -> bytes:
+    """Frame `index` of a perception job with its tracks drawn on it (JPEG bytes).
+
+    NotFound when the job kept no such frame."""
+    image = _stored_frame(svc, job, index) if index >= 0 else None
+    if image is None:
+        raise NotFound(f"frame {index} of job {job.id} is not kept")
     try:
-        _, path = ingest.asset_file(svc.layout, svc.locations, facts_id)
-        doc = json.loads(path.read_bytes())
+        facts = _facts(svc, job)
+    except (NotFound, InvalidName, OSError, ValueError):
+        facts = None
+    return overlay.jpeg(overlay.draw(image, facts, index) if facts else image)
+
+
+def scene_frames(svc: Services, job: Job) -> dict[str, Any] | None:
+    """The job's scene facts, frame by frame: which tracks each shown frame holds.
+
+    None when the job has no scene facts; `frames` lists at most 60 frames that have a
+    track (spread over the video), each with `image` true when the job kept that frame.
+    """
+    try:
+        doc = _facts(svc, job)
     except (NotFound, InvalidName, OSError, ValueError):
         return {"error": "the scene facts asset cannot be read", "frames": [], "tracks": 0}
-    by_frame: dict[int, list[dict[str, Any]]] = {}
-    for track in doc.get("tracks", []):
-        for obs in track.get("frames", []):
-            by_frame.setdefault(int(obs["frame"]), []).append(
-                {"track": track["id"], "label": track.get("label", ""), "bbox": obs["bbox"]}
-            )
+    if doc is None:
+        return None
+    by_frame = overlay.observations(doc)
     video = doc.get("video", {})
+    stored = isinstance((job.result or {}).get("frames_asset_id"), str)
     folder = frames_dir(svc, job)
     frames = [
-        {"index": i, "boxes": by_frame[i], "image": (folder / f"{i:06d}.jpg").is_file()}
-        for i in sorted(by_frame)[:_MAX_FRAMES]
+        {
+            "index": i,
+            "tracks": sorted({track for track, _ in by_frame[i]}),
+            "image": stored or (folder / overlay.thumb_name(i)).is_file(),
+        }
+        for i in overlay.shown_frames(doc, _MAX_FRAMES)
     ]
     return {
         "error": "",
@@ -78,5 +114,5 @@ def scene_frames(svc: Services, job: Job) -> dict[str, Any] | None:
         "tracks": len(doc.get("tracks", [])),
         "model": (doc.get("model") or {}).get("name", ""),
         "frames": frames,
-        "asset_id": facts_id,
+        "asset_id": (job.result or {}).get("scene_facts_asset_id"),
     }

@@ -52,8 +52,12 @@ def run_sfm(
     matcher: str,
     min_registered: int,
     progress: Callable[[float], None],
+    intrinsics: dict[str, Json] | None = None,
 ) -> Json:
     """Reconstruct cameras and sparse points from the JPEGs in `image_dir`; return a summary.
+
+    `intrinsics` (per frame name: fx, fy, cx, cy in frame pixels, from a phone's capture
+    bundle) seed the camera of that frame's size; SfM still refines them.
 
     Raises InvalidInput when too few frames could be placed: the video does not show a
     static, textured scene from viewpoints that overlap enough.
@@ -63,26 +67,37 @@ def run_sfm(
     names = sorted(p.name for p in image_dir.glob("*.jpg"))
     database = stage_dir / "database.db"
     started = time.monotonic()
+    groups = _camera_groups(image_dir, names, intrinsics or {})
+    done = 0
     with _quiet_colmap():
         extraction = pycolmap.FeatureExtractionOptions()
         extraction.sift.max_num_features = MAX_FEATURES
-        for i in range(0, len(names), EXTRACT_CHUNK):
-            reader = pycolmap.ImageReaderOptions()
-            # One camera for the whole video. SIMPLE_RADIAL absorbs a phone lens's mild
-            # distortion; training undistorts the frames with it.
-            reader.camera_model = "SIMPLE_RADIAL"
-            if i > 0:
-                reader.existing_camera_id = 1  # later chunks share the first chunk's camera
-            pycolmap.extract_features(
-                database,
-                image_dir,
-                image_names=names[i : i + EXTRACT_CHUNK],
-                camera_mode=pycolmap.CameraMode.SINGLE,
-                reader_options=reader,
-                extraction_options=extraction,
-                device=pycolmap.Device.auto,
-            )
-            progress(EXTRACT_SHARE * min(1.0, (i + EXTRACT_CHUNK) / len(names)))
+        for group, prior in groups:
+            camera_id: int | None = None
+            for i in range(0, len(group), EXTRACT_CHUNK):
+                reader = pycolmap.ImageReaderOptions()
+                # One camera per image size: a video has one; photos taken in portrait and
+                # landscape have two. SIMPLE_RADIAL absorbs a phone lens's mild distortion;
+                # training undistorts the frames with it.
+                reader.camera_model = "SIMPLE_RADIAL"
+                if prior is not None:
+                    f = 0.5 * (prior["fx"] + prior["fy"])
+                    reader.camera_params = f"{f},{prior['cx']},{prior['cy']},0"
+                if camera_id is not None:
+                    reader.existing_camera_id = camera_id  # later chunks share the first's
+                pycolmap.extract_features(
+                    database,
+                    image_dir,
+                    image_names=group[i : i + EXTRACT_CHUNK],
+                    camera_mode=pycolmap.CameraMode.SINGLE,
+                    reader_options=reader,
+                    extraction_options=extraction,
+                    device=pycolmap.Device.auto,
+                )
+                if camera_id is None:
+                    camera_id = _camera_of(database, group[0])
+                done += len(group[i : i + EXTRACT_CHUNK])
+                progress(EXTRACT_SHARE * done / len(names))
         extracted = time.monotonic()
         if matcher == "exhaustive":
             pycolmap.match_exhaustive(database, device=pycolmap.Device.auto)
@@ -118,11 +133,41 @@ def run_sfm(
         "registered": registered,
         "points": best.num_points3D(),
         "models": len(models),
+        "cameras": len(groups),
         "mean_reprojection_error": round(float(best.compute_mean_reprojection_error()), 4),
         "extract_s": round(extracted - started, 2),
         "match_s": round(matched - extracted, 2),
         "map_s": round(mapped - matched, 2),
     }
+
+
+def _camera_groups(
+    image_dir: Path, names: list[str], intrinsics: dict[str, Json]
+) -> list[tuple[list[str], Json | None]]:
+    """Frames grouped by image size (one camera each), with the group's prior intrinsics."""
+    import cv2
+
+    groups: dict[tuple[int, int], list[str]] = {}
+    for name in names:
+        img = cv2.imread(str(image_dir / name))
+        if img is None:
+            raise InvalidInput(f"frame {name} is unreadable")
+        groups.setdefault((int(img.shape[1]), int(img.shape[0])), []).append(name)
+    return [(group, intrinsics.get(group[0])) for group in groups.values()]
+
+
+def _camera_of(database: Path, name: str) -> int:
+    """The camera COLMAP gave the image `name` in `database`."""
+    import pycolmap
+
+    db = pycolmap.Database.open(database)
+    try:
+        image = db.read_image_with_name(name)
+        if image is None:
+            raise InvalidInput(f"COLMAP could not read frame {name}")
+        return int(image.camera_id)
+    finally:
+        db.close()
 
 
 def _map(

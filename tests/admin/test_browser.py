@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.admin.box import Box, populate, start_box
@@ -160,8 +161,8 @@ def test_jobs_retry_frames_and_splat(browser: WebDriver, box: Box) -> None:
     visit(browser, box, f"/admin/jobs/{box.failed_job}", "job-retried")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#events tbody tr")) > before
     visit(browser, box, f"/admin/jobs/{box.perception_job}")
-    boxes = browser.find_elements(By.CSS_SELECTOR, "#frames .box")
-    assert boxes, "no boxes drawn on the frames"
+    shown = browser.find_elements(By.CSS_SELECTOR, "#frames figure[data-tracks]")
+    assert shown and all(f.get_attribute("data-tracks") for f in shown), "no tracked frames"
     WebDriverWait(browser, 10).until(
         lambda d: d.execute_script(
             "return [...document.querySelectorAll('#frames img')]"
@@ -310,3 +311,61 @@ def test_the_real_server_refuses_without_session_or_csrf(box: Box) -> None:
         )
         assert bearer.status_code == 303
         assert bearer.headers["location"] == "/admin/login?next=/admin"
+
+
+def test_scene_facts_frames_are_the_jobs_own_frames_with_masks_drawn(box: Box) -> None:
+    """The perception job kept its frames as an asset; the admin page's frame is that frame
+    with each track's mask tinted in the track's own colour, and survives the work dir."""
+    import io
+    import shutil
+    import zipfile
+
+    import cv2
+
+    from perception.overlay import track_colour
+    from perception.scene_facts import rle_decode
+
+    with client(box.url, box.token) as api:
+        result = api.get(f"/v1/jobs/{box.perception_job}").json()["result"]
+        facts = api.get(f"/v1/assets/{result['scene_facts_asset_id']}/content").json()
+        stored = api.get(f"/v1/assets/{result['frames_asset_id']}/content").content
+    kept = zipfile.ZipFile(io.BytesIO(stored))
+    track = facts["tracks"][0]
+    ob = track["frames"][len(track["frames"]) // 2]
+    name = f"{ob['frame']:06d}.jpg"
+    assert name in kept.namelist()
+    raw = cv2.imdecode(np.frombuffer(kept.read(name), np.uint8), cv2.IMREAD_COLOR)
+    assert raw is not None
+    # The work dir's frames are scratch (a finished job's work dir is pruned): the page
+    # must not need them.
+    scratch = box.data_dir / "jobs" / box.perception_job / "perception" / "frames"
+    shutil.rmtree(scratch, ignore_errors=True)
+    assert not scratch.exists()
+    with httpx.Client(base_url=box.url) as c:
+        form = c.get("/admin/login")
+        csrf = re.search(r'name="_csrf" value="([^"]+)"', form.text)
+        assert csrf is not None
+        c.post("/admin/login", data={"token": box.token, "_csrf": csrf.group(1)})
+        resp = c.get(f"/admin/jobs/{box.perception_job}/frames/{ob['frame']}")
+        missing = c.get(f"/admin/jobs/{box.perception_job}/frames/99999")
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    drawn = cv2.imdecode(np.frombuffer(resp.content, np.uint8), cv2.IMREAD_COLOR)
+    assert drawn is not None
+    assert drawn.shape == raw.shape
+    mask = rle_decode(ob["mask"]).astype(np.uint8)
+    inside = cv2.resize(mask, raw.shape[1::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    colour = np.array(track_colour(track["id"]), float)
+    before = np.linalg.norm(raw[inside].astype(float) - colour, axis=1).mean()
+    after = np.linalg.norm(drawn[inside].astype(float) - colour, axis=1).mean()
+    assert after < 0.7 * before  # the mask is tinted towards the track's colour
+    near = np.zeros(mask.shape, np.uint8)
+    for other in facts["tracks"]:
+        for seen in other["frames"]:
+            if seen["frame"] == ob["frame"]:
+                x, y, w, h = seen["bbox"]
+                near[max(0, y - 40) : y + h + 15, max(0, x - 15) : x + w + 15] = 1
+    far = cv2.resize(near, raw.shape[1::-1], interpolation=cv2.INTER_NEAREST) == 0
+    assert far.any()
+    assert np.abs(drawn[far].astype(int) - raw[far].astype(int)).mean() < 6  # elsewhere not

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, FromQuery
-from litestar.response import File, Redirect, Stream, Template
+from litestar.response import Redirect, Stream, Template
 
 from appliance import jobs
-from appliance.admin.jobview import frame_file, results, scene_frames
+from appliance.admin.jobview import frame_jpeg, results, scene_frames
 from appliance.admin.site import back, page
 from appliance.services import Services, Svc, in_thread
 from store.errors import StoreError
@@ -62,12 +62,12 @@ class JobsController(Controller):
         )
 
     @get("/{job_id:str}/frames/{index:int}", sync_to_thread=True)
-    def frame(self, job_id: FromPath[str], index: FromPath[int], svc: Svc) -> File:
-        """One sampled frame of a perception job (JPEG)."""
-        return File(
-            frame_file(svc, svc.queue.get(job_id), index),
+    def frame(self, job_id: FromPath[str], index: FromPath[int], svc: Svc) -> Response[bytes]:
+        """One frame the perception job kept, with its tracks' masks, boxes and ids (JPEG)."""
+        return Response(
+            frame_jpeg(svc, svc.queue.get(job_id), index),
             media_type="image/jpeg",
-            content_disposition_type="inline",
+            headers={"Cache-Control": "private, max-age=3600"},
         )
 
     @post("/{job_id:str}/retry", sync_to_thread=True)

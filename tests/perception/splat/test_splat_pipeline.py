@@ -9,12 +9,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from numpy.typing import NDArray
 
 from perception.progress import Cancelled, InvalidInput
 from perception.splat import run_splat
 from perception.splat.ply import property_names, read_ply
-from tests.perception.splat.conftest import FRAMES, Events, SplatRun, splat_config
+from tests.perception.splat.conftest import BLURRED, FRAMES, Events, SplatRun, splat_config
 
 
 def _align(src: NDArray[np.float64], dst: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -102,7 +103,38 @@ def test_progress_is_reported_per_stage(splat_run: SplatRun) -> None:
         fractions = [f for s, f in events.progress if s == stage]
         assert fractions and fractions[-1] == 1.0
         assert all(0.0 <= f <= 1.0 for f in fractions)
-    assert splat_run.seconds < 180
+
+
+def test_quality_is_scored_on_views_held_out_of_training(splat_run: SplatRun) -> None:
+    """Every 8th registered view is held out; its PSNR/SSIM beat a flat image of its mean
+    colour, and cameras.json marks exactly those views and matches the SfM poses."""
+    import pycolmap
+
+    from perception.splat.quality import psnr, ssim
+
+    quality = splat_run.summary("export")["quality"]
+    cameras = json.loads(Path(splat_run.summary("export")["cameras"]).read_text())
+    rec = pycolmap.Reconstruction(splat_run.work_dir / "sfm" / "sparse")
+    names = sorted(rec.image(i).name for i in rec.reg_image_ids())
+    assert [f["name"] for f in cameras["frames"]] == names
+    held = [f["name"] for f in cameras["frames"] if f["held_out"]]
+    assert held == names[::8] and quality["held_out"] and quality["eval_views"] == len(held)
+    assert quality["registered"] == len(names) and quality["frames"] == FRAMES - len(BLURRED)
+    by_name = {rec.image(i).name: rec.image(i) for i in rec.reg_image_ids()}
+    for f in cameras["frames"]:
+        pose = by_name[f["name"]].cam_from_world().matrix()
+        assert np.allclose(np.array(f["R"]), pose[:, :3], atol=1e-6)
+        assert np.allclose(np.array(f["t"]), pose[:, 3], atol=1e-6)
+    flat = []
+    for name in held:
+        read = cv2.imread(str(splat_run.work_dir / "frames" / name))
+        assert read is not None
+        frame = read[:, :, ::-1] / 255.0
+        target = torch.tensor(frame.copy(), dtype=torch.float32)
+        grey = target.mean((0, 1), keepdim=True).expand_as(target)
+        flat.append((psnr(grey, target), ssim(grey, target)))
+    assert quality["psnr"] > max(p for p, _ in flat) + 3.0
+    assert quality["ssim"] > max(q for _, q in flat) + 0.1
 
 
 def test_rerun_after_export_lost_redoes_only_export(splat_run: SplatRun) -> None:
