@@ -135,3 +135,34 @@ def test_a_capture_upload_queues_both_jobs_when_configured(tmp_path: Path) -> No
         jobs = c.get("/v1/jobs").json()["items"]
     assert sorted(j["kind"] for j in jobs) == ["perception", "splat"]
     assert {j["payload"]["asset_id"] for j in jobs} == {capture}
+
+
+def test_a_photo_capture_queues_a_splat_job_only(tmp_path: Path) -> None:
+    """A capture that is a ZIP of photos queues one splat job (perception needs video); a
+    perception job asked for it is refused with 400 saying why."""
+    import io
+    import zipfile
+
+    from tests.realdata import monstree
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(monstree().glob("*.jpg"))[:3]:
+            zf.write(p, p.name)
+    cfg = make_config(tmp_path / "data", "[worker]\nauto_enqueue_capture = true\n")
+    with TestClient(app=create_app(cfg)) as c:
+        c.headers["Authorization"] = f"Bearer {make_token(cfg)}"
+        make_location(c, "loc1")
+        capture = upload(
+            c, buf.getvalue(), filename="photos.zip", kind="capture", filetype="application/zip"
+        )
+        jobs = c.get("/v1/jobs").json()["items"]
+        refused = c.post("/v1/jobs", json={"kind": "perception", "asset_id": capture})
+        two = io.BytesIO()
+        with zipfile.ZipFile(two, "w") as zf:
+            zf.writestr("a.jpg", b"x")
+        few = upload(c, two.getvalue(), filename="few.zip", filetype="application/zip")
+        too_few = c.post("/v1/jobs", json={"kind": "splat", "asset_id": few})
+    assert [(j["kind"], j["payload"]["asset_id"]) for j in jobs] == [("splat", capture)]
+    assert refused.status_code == 400 and "splat job, not perception" in refused.json()["message"]
+    assert too_few.status_code == 400 and "holds 1 photo(s)" in too_few.json()["message"]
