@@ -78,6 +78,11 @@ bench-bridge: install
 	$(BIN)/python bench/bench_bridge.py
 	$(BIN)/python bench/bench_s3_requests.py
 
+# The default CPU splat job on the 23 monstree photos against its quality targets (slow).
+.PHONY: splat-quality
+splat-quality: install testdata
+	$(BIN)/pytest -q -s -m slow tests/perception/splat/test_monstree_quality.py
+
 # 300 whole-box kill -9 rounds (api, worker, bridge on a moto S3); prints the figures.
 crash-soak: install
 	FIELDBOX_CRASH_ROUNDS=$${FIELDBOX_CRASH_ROUNDS:-300} $(BIN)/pytest -q -s -m slow \
