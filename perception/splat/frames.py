@@ -1,7 +1,9 @@
 """Frames for SfM: decode with PyAV, sample in time, downscale, drop the blurry ones.
 
 Writes `out_dir/000000.jpg, 000001.jpg, ...` (in video order, the names SfM's sequential
-matcher sorts by) and `out_dir/frames.json` describing each kept frame.
+matcher sorts by) and `out_dir/frames.json` describing each kept frame. Decoding, the
+refusal of what is not a video, time-based picking, truncation and display-matrix rotation
+are `perception.frames`'s, shared with the perception pipeline.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from perception.frames import Pass, probe, sample, upright
 from perception.progress import InvalidInput
 
 Json = dict[str, Any]
@@ -43,23 +46,6 @@ def blurry(scores: list[float], ratio: float) -> list[bool]:
     return flags
 
 
-def _upright(img: NDArray[np.uint8], rotation: float) -> NDArray[np.uint8]:
-    # Phones store portrait video sideways plus a display matrix; PyAV reports its angle
-    # (counter-clockwise), and ffmpeg's autorotate turns the picture by minus that.
-    turn = round(-rotation / 90.0) % 4
-    codes = {1: cv2.ROTATE_90_CLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_COUNTERCLOCKWISE}
-    return np.asarray(cv2.rotate(img, codes[turn]), np.uint8) if turn else img
-
-
-def _resize(img: NDArray[np.uint8], max_side: int) -> NDArray[np.uint8]:
-    h, w = img.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1.0:
-        return img
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(cv2.resize(img, size, interpolation=cv2.INTER_AREA), np.uint8)
-
-
 def extract_frames(
     video: Path,
     out_dir: Path,
@@ -71,65 +57,29 @@ def extract_frames(
     progress: Callable[[float], None],
 ) -> Json:
     """Decode `video` into at most `max_frames` sharp JPEGs in `out_dir`; return a summary."""
-    import av
-
-    try:
-        container = av.open(str(video))
-    except (av.FFmpegError, OSError) as exc:
-        raise InvalidInput(f"{video.name}: not a readable video ({exc})") from exc
+    info = probe(video)
+    interval = 1.0 / fps if fps > 0 else 0.0
+    if info.duration > 0:
+        # A long video is sampled more sparsely rather than cut off at max_frames.
+        interval = max(interval, info.duration / (max_frames * OVERSAMPLE))
     candidates: list[Json] = []
-    decoded = 0
-    truncated = False
-    with container:
-        if not container.streams.video:
-            raise InvalidInput(f"{video.name}: has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        duration = 0.0
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000
-        interval = 1.0 / fps if fps > 0 else 0.0
-        if duration > 0:
-            # A long video is sampled more sparsely rather than cut off at max_frames.
-            interval = max(interval, duration / (max_frames * OVERSAMPLE))
-        rate = float(stream.average_rate) if stream.average_rate else 30.0
-        next_t = -1.0
-        try:
-            for frame in container.decode(stream):
-                index = decoded
-                decoded += 1
-                t = float(frame.time) if frame.time is not None else index / rate
-                if t + 1e-6 < next_t:
-                    continue
-                next_t = max(next_t + interval, t + interval) if interval > 0 else t
-                rgb = _upright(
-                    np.asarray(frame.to_ndarray(format="rgb24"), np.uint8),
-                    float(frame.rotation or 0),
-                )
-                img = _resize(rgb, max_side)
-                gray = np.asarray(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), np.uint8)
-                name = f"cand_{len(candidates):06d}.jpg"
-                bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-                cv2.imwrite(str(out_dir / name), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-                candidates.append(
-                    {
-                        "file": name,
-                        "index": index,
-                        "time": round(t, 4),
-                        "sharpness": round(sharpness(gray), 3),
-                    }
-                )
-                if duration > 0:
-                    progress(0.95 * min(1.0, t / duration))
-        except av.FFmpegError:
-            # A truncated or partly corrupt upload: keep what decoded cleanly.
-            if not candidates:
-                raise InvalidInput(f"{video.name}: no decodable video frames") from None
-            truncated = True
-    if not candidates:
-        raise InvalidInput(f"{video.name}: no decodable video frames")
+    result = Pass()
+    for picked in sample(video, info, interval, result):
+        img = upright(picked.frame, info, max_side)
+        gray = np.asarray(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), np.uint8)
+        name = f"cand_{len(candidates):06d}.jpg"
+        if not cv2.imwrite(str(out_dir / name), img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+            raise OSError(f"could not write {out_dir / name}")
+        candidates.append(
+            {
+                "file": name,
+                "index": picked.source_frame,
+                "time": round(picked.t, 4),
+                "sharpness": round(sharpness(gray), 3),
+            }
+        )
+        if info.duration > 0:
+            progress(0.95 * min(1.0, picked.t / info.duration))
     flags = (
         blurry([c["sharpness"] for c in candidates], blur_ratio)
         if blur_ratio > 0
@@ -160,8 +110,8 @@ def extract_frames(
         "video": video.name,
         "width": width,
         "height": height,
-        "decoded": decoded,
-        "truncated": truncated,
+        "decoded": result.decoded,
+        "truncated": result.truncated,
         "dropped_blurry": [c["index"] for c, bad in zip(candidates, flags, strict=True) if bad],
         "frames": sharp,
     }
@@ -169,9 +119,9 @@ def extract_frames(
     progress(1.0)
     return {
         "frames": len(sharp),
-        "decoded": decoded,
+        "decoded": result.decoded,
         "width": width,
         "height": height,
         "dropped_blurry": len(manifest["dropped_blurry"]),
-        "truncated": truncated,
+        "truncated": result.truncated,
     }

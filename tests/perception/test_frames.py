@@ -121,11 +121,12 @@ def test_a_photo_is_not_a_video(tmp_path: Path) -> None:
 
 
 def test_missing_file_and_cut_short_upload_are_invalid_input(video: Path, tmp_path: Path) -> None:
-    """A missing file or an mp4 cut in half is InvalidInput, not a crash."""
+    """A missing file or an mp4 cut in half is InvalidInput saying why, not a crash."""
     with pytest.raises(InvalidInput, match="no such file"):
         probe(tmp_path / "gone.mp4")
-    # An mp4 cut in half has lost its index (written last): not decodable, not a crash.
+    # An mp4 cut in half has lost its index (written last): not decodable, and the error
+    # tells the crew the upload is incomplete rather than "invalid data".
     half = tmp_path / "half.mp4"
     half.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match=r"half\.mp4: the file is cut short"):
         extract_frames(half, tmp_path / "out", fps=5, max_side=640, reporter=Reporter())
