@@ -39,7 +39,8 @@ class PerceptionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     propagated in between."""
 
     min_area_frac: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.002
-    """Masks smaller than this fraction of the frame are ignored (noise, far-away clutter)."""
+    """SAM 2: masks smaller than this fraction of the frame are ignored (noise, far-away
+    clutter). The CPU segmenter uses `min_blob_frac` instead."""
 
     max_area_frac: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.6
     """Masks larger than this fraction of the frame are ignored (a whole wall or floor seen up
@@ -52,13 +53,47 @@ class PerceptionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     """Sampled frames a track may go unseen (occlusion, a missed detection) and still continue
     under the same id."""
 
-    work_side: Annotated[int, msgspec.Meta(ge=64)] = 320
-    """CPU segmenter: frames are segmented at this longer side, and masks scaled back to the
-    frame size; smaller is faster and coarser."""
+    work_side: Annotated[int, msgspec.Meta(ge=64)] = 640
+    """CPU segmenter: foreground is found with frames scaled to this longer side (masks are
+    scaled back to the frame size); smaller is faster and misses small, far-away things."""
 
-    texture_threshold: Annotated[float, msgspec.Meta(gt=0)] = 7.0
-    """CPU segmenter: local colour spread (Lab units) above which a pixel counts as texture
-    or an edge rather than part of a uniform surface; raise it for noisy, low-light video."""
+    still_frac: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.002
+    """CPU segmenter: a shot whose median camera motion between sampled frames is under this
+    fraction of the frame's longer side comes from a fixed camera, and gets a background
+    model; 0 treats every shot as hand-held."""
+
+    min_blob_frac: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.0004
+    """CPU segmenter: moving blobs smaller than this fraction of the frame are ignored (a
+    leaf, compression noise). Smaller than `min_area_frac`: a far-away person is small, and
+    motion is evidence a still patch of colour is not."""
+
+    background_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    """CPU segmenter, fixed camera: a thing that stands still for about this many seconds
+    becomes background (a parked car); shorter adapts faster to changing light."""
+
+    background_threshold: Annotated[float, msgspec.Meta(gt=0)] = 16.0
+    """CPU segmenter, fixed camera: squared distance (in the background model's standard
+    deviations) beyond which a pixel is foreground; raise it for noisy, low-light video."""
+
+    motion_threshold: Annotated[float, msgspec.Meta(gt=0)] = 16.0
+    """CPU segmenter, moving camera: grey levels by which a pixel must differ from the frames
+    before and after it, once the camera's motion is taken out, to count as moving on its
+    own (a frame that differs more everywhere, from blur or noise, raises it)."""
+
+    join_frac: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.008
+    """CPU segmenter: foreground pieces closer than this fraction of the frame's longer side
+    (twice that vertically) are joined into one object: the parts of one body that a
+    background-coloured belt or bag cut apart."""
+
+    min_track_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    """CPU segmenter: tracks seen in fewer sampled frames than this many seconds' worth
+    (on top of `min_track_frames`) are dropped: the flicker of an eye, a hand or a shadow
+    for half a second is not what a person points at; 0 keeps only `min_track_frames`."""
+
+    min_contrast: Annotated[float, msgspec.Meta(gt=0)] = 1.75
+    """CPU segmenter: a blob is an object only if it changed this many times more than the
+    background right around it; swaying leaves, rippling water and sensor noise change
+    everywhere at once and stay under it."""
 
     match_iou: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
     """CPU segmenter: the least mask IoU (after motion prediction) for a detection to continue

@@ -1,15 +1,29 @@
-"""The CPU segmenter: classical region segmentation plus Hungarian tracking, no weights.
+"""The CPU segmenter: things that move against their background, tracked, no weights.
 
-Per frame (at `work_side`, about 320 px): pixels whose local Lab colour spread is low are
-"uniform surface"; texture and edges are not. Connected uniform regions between
-`min_area_frac` and `max_area_frac` of the frame are the objects: a painted box, a door, a
-bucket, a panel. Textured clutter (carpet, gravel, foliage) is never reported, and two
-surfaces of different colour are split at the edge between them.
+What a person points at in a video is mostly what moves in it — people, vehicles, an
+object held up to the camera — and what stays put is mostly background: walls, floor,
+table top, sky. So the CPU default reports moving things, and tracks each one:
 
-Tracking: each live track predicts where its mask will be (its own velocity plus the camera's
-pan, from phase correlation of consecutive frames), and detections are assigned to tracks by
-`scipy.optimize.linear_sum_assignment` on a cost of mask IoU, centroid distance and colour.
-A track survives `max_gap` missed frames; tracks shorter than `min_track_frames` are dropped.
+1. **Camera and shots** (`perception.segment.motion`): the camera's motion between sampled
+   frames (a homography from corners tracked forwards and backwards), cuts where frames
+   share no scene, and for each shot whether the camera stood still.
+2. **Foreground**: MOG2 background subtraction in a fixed shot (shadows dropped); in a
+   moving shot, what differs from the median of the neighbouring frames warped onto it by
+   the camera's motion (what the camera's own motion does not explain).
+3. **Blobs** (`perception.segment.blobs`): specks removed, the pieces of one body joined,
+   planes (blobs spanning the frame) and blobs outside `min_area_frac`..`max_area_frac`
+   dropped.
+4. **Tracking**: each live track predicts where it will be (its own velocity, plus the
+   camera's motion at its position); a blob that covers the predictions of two tracks
+   (people walking together) is split between them, and pieces inside the prediction of
+   one track alone (a body cut by a lamp post) are merged. Blobs are then assigned to
+   tracks by `scipy.optimize.linear_sum_assignment` on mask IoU, centroid distance and
+   colour. A track survives `max_gap` missed frames and ends at a cut; tracks seen in
+   fewer than `min_track_frames` frames, or under `min_track_s` seconds' worth, are
+   dropped as flicker.
+
+A static object under a fixed camera is background here, not an object: the segmenter has
+no notion of "thing" beyond motion. See docs/perception.md.
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from perception.config import PerceptionConfig
+from perception.frames import load_frames
 from perception.progress import Reporter
 from perception.segment.base import (
     Json,
@@ -33,27 +48,36 @@ from perception.segment.base import (
     read_frame,
     write_tracks,
 )
+from perception.segment.blobs import (
+    BlobFinder,
+    Box,
+    Detection,
+    box_overlap,
+    make_detection,
+    split_detection,
+)
+from perception.segment.motion import (
+    PRIME_FRAMES,
+    Change,
+    Matrix,
+    ShotForeground,
+    change,
+    find_cuts,
+    grey,
+    histogram,
+    move_point,
+    plan_shots,
+    to_frame,
+)
 
 NAME = "cpu-classical"
-VERSION = "1"
-WINDOW = 5  # local-spread window at work size; edges cost WINDOW // 2 px each side
-COLOUR_MAX = 30.0  # Lab distance beyond which two masks are not the same object
+VERSION = "2"
+COLOUR_MAX = 40.0  # Lab distance beyond which two masks are not the same object
 UNMATCHABLE = 1e6
-
-BoolArray = npt.NDArray[np.bool_]
-
-
-@dataclass
-class Detection:
-    """One region in one frame, in frame pixels."""
-
-    x: int
-    y: int
-    crop: BoolArray  # mask over the bbox (x, y, w, h)
-    area: int
-    cx: float
-    cy: float
-    colour: npt.NDArray[np.float32]  # mean Lab
+SPLIT_COVER = 0.6  # a prediction this much inside a blob counts as inside it
+STILL = Change(None, 0.0, 0.0)  # the first frame: nothing before it
+MERGE_SLACK = 1.5  # merged pieces may span at most this much more than the prediction
+MERGE_GAP = 0.4  # merged pieces lie at most this share of the prediction's smaller side apart
 
 
 @dataclass
@@ -61,124 +85,11 @@ class _Live:
     raw_id: int
     det: Detection
     last_frame: int
-    shift_at_last: tuple[float, float]
+    dx: float = 0.0  # camera motion at the track's position since it was last seen
+    dy: float = 0.0
     vx: float = 0.0
     vy: float = 0.0
     hits: int = 1
-
-
-class Segmenter:
-    """Per-frame uniform-region segmentation."""
-
-    def __init__(self, cfg: PerceptionConfig, width: int, height: int) -> None:
-        self.width, self.height = width, height
-        scale = min(1.0, cfg.work_side / max(width, height))
-        self.sw, self.sh = max(1, round(width * scale)), max(1, round(height * scale))
-        self.fx, self.fy = width / self.sw, height / self.sh
-        small_area = self.sw * self.sh
-        # Uniform cores are smaller than their objects (the spread window eats the edge), so
-        # cores are only pre-filtered here; the grown mask is held to min_area_frac itself.
-        self.min_core = max(4, int(0.25 * cfg.min_area_frac * small_area))
-        self.min_area = max(1, int(cfg.min_area_frac * width * height))
-        self.max_area = int(cfg.max_area_frac * small_area)
-        self.var_limit = cfg.texture_threshold**2
-        self.kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
-        self.grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * (WINDOW // 2) + 3,) * 2)
-        self.edge_min = 2.0 * cfg.texture_threshold
-        self.hann = cv2.createHanningWindow((self.sw, self.sh), cv2.CV_32F)
-        self.prev_grey: npt.NDArray[np.float32] | None = None
-
-    def small(self, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-        """The frame at work size."""
-        if (image.shape[1], image.shape[0]) == (self.sw, self.sh):
-            return image
-        out = cv2.resize(image, (self.sw, self.sh), interpolation=cv2.INTER_AREA)
-        return np.asarray(out, dtype=np.uint8)
-
-    def camera_shift(self, small: npt.NDArray[np.uint8]) -> tuple[float, float]:
-        """How far the scene moved since the previous frame (frame pixels); 0 if unsure."""
-        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.float32)
-        prev, self.prev_grey = self.prev_grey, grey
-        if prev is None:
-            return 0.0, 0.0
-        (dx, dy), response = cv2.phaseCorrelate(prev, grey, self.hann)
-        # A weak peak means no dominant motion (a blank wall, a big object moving): trust
-        # the tracks' own velocities instead.
-        if response < 0.1:
-            return 0.0, 0.0
-        return float(dx) * self.fx, float(dy) * self.fy
-
-    def detect(self, small: npt.NDArray[np.uint8]) -> list[Detection]:
-        """The uniform regions of one frame."""
-        lab = cv2.cvtColor(small, cv2.COLOR_BGR2Lab).astype(np.float32)
-        mean = cv2.blur(lab, (WINDOW, WINDOW))
-        spread = cv2.blur(lab * lab, (WINDOW, WINDOW)) - mean * mean
-        uniform = (spread.sum(axis=2) < self.var_limit).astype(np.uint8)
-        # Opening cuts one-pixel bridges between regions and drops specks in texture.
-        uniform = cv2.morphologyEx(uniform, cv2.MORPH_OPEN, self.kernel)
-        count, found, stats, _ = cv2.connectedComponentsWithStats(uniform, connectivity=4)
-        labels = np.asarray(found, dtype=np.int32)
-        out: list[Detection] = []
-        for k in range(1, count):
-            x, y, w, h, area = (int(v) for v in stats[k])
-            if area < self.min_core or area > self.max_area:
-                continue
-            det = self._detection(labels, lab, k, x, y, w, h)
-            if det.area >= self.min_area:
-                out.append(det)
-        return out
-
-    def _detection(
-        self,
-        labels: npt.NDArray[np.int32],
-        lab: npt.NDArray[np.float32],
-        k: int,
-        x: int,
-        y: int,
-        w: int,
-        h: int,
-    ) -> Detection:
-        # The spread window took a band off the region's edge; give back the band pixels whose
-        # colour is nearer the region's than the surroundings' (a half-way edge).
-        r = WINDOW // 2 + 1
-        x0, y0 = max(0, x - r - 1), max(0, y - r - 1)
-        x1, y1 = min(self.sw, x + w + r + 1), min(self.sh, y + h + r + 1)
-        region = (labels[y0:y1, x0:x1] == k).astype(np.uint8)
-        patch = lab[y0:y1, x0:x1]
-        colour = np.array(cv2.mean(patch, mask=region)[:3], dtype=np.float32)
-        grown = cv2.dilate(region, self.grow)
-        ring = cv2.dilate(grown, self.kernel) - grown
-        if ring.any():
-            around = np.array(cv2.mean(patch, mask=ring)[:3], dtype=np.float32)
-            limit = max(self.edge_min, 0.5 * float(np.linalg.norm(colour - around)))
-        else:
-            limit = self.edge_min
-        near = np.linalg.norm(patch - colour, axis=2) < limit
-        region = region | (grown.astype(bool) & near).view(np.uint8)
-        # Back to frame pixels: scale the crop, threshold the interpolated edge.
-        fx0, fy0 = math.floor(x0 * self.fx), math.floor(y0 * self.fy)
-        fx1 = min(self.width, math.ceil(x1 * self.fx))
-        fy1 = min(self.height, math.ceil(y1 * self.fy))
-        if (fx1 - fx0, fy1 - fy0) != region.shape[::-1]:
-            region = cv2.resize(
-                region * 255, (fx1 - fx0, fy1 - fy0), interpolation=cv2.INTER_LINEAR
-            )
-            crop = region > 127
-        else:
-            crop = region > 0
-        ys, xs = np.nonzero(crop)
-        if xs.size == 0:  # a sliver that vanished in the upscale; dropped by the area check
-            xs = ys = np.zeros(1, dtype=np.intp)
-            crop = np.zeros_like(crop)
-        return Detection(
-            x=fx0,
-            y=fy0,
-            crop=crop,
-            area=int(np.count_nonzero(crop)),
-            cx=fx0 + float(xs.mean()),
-            cy=fy0 + float(ys.mean()),
-            colour=colour,
-        )
 
 
 def mask_iou(a: Detection, ax: int, ay: int, b: Detection) -> float:
@@ -197,6 +108,28 @@ def mask_iou(a: Detection, ax: int, ay: int, b: Detection) -> float:
     return inter / union if union else 0.0
 
 
+def box_gap(a: Box, b: Box) -> float:
+    """How far apart two boxes are (0 when they touch or overlap), in pixels."""
+    dx = max(a[0] - (b[0] + b[2]), b[0] - (a[0] + a[2]), 0.0)
+    dy = max(a[1] - (b[1] + b[3]), b[1] - (a[1] + a[3]), 0.0)
+    return max(dx, dy)
+
+
+def near_pieces(pieces: list[Detection], ids: list[int], gap: float) -> list[int]:
+    """The ids of the pieces chained to the largest one by gaps of at most `gap` px."""
+    if len(pieces) < 2:
+        return ids
+    keep = {max(range(len(pieces)), key=lambda n: pieces[n].area)}
+    grown = True
+    while grown:
+        grown = False
+        for n, p in enumerate(pieces):
+            if n not in keep and any(box_gap(p.box, pieces[m].box) <= gap for m in keep):
+                keep.add(n)
+                grown = True
+    return [ids[n] for n in sorted(keep)]
+
+
 class Associator:
     """Keeps live tracks and assigns each frame's detections to them."""
 
@@ -205,14 +138,25 @@ class Associator:
         self.max_gap = cfg.max_gap
         self.live: list[_Live] = []
         self.next_id = 1
-        self.shift = (0.0, 0.0)  # camera motion accumulated since the first frame
+
+    def cut(self) -> None:
+        """A new shot: nothing seen before it continues into it."""
+        self.live = []
+
+    def camera(self, h: Matrix) -> None:
+        """The camera moved by `h` (frame pixels) since the previous frame."""
+        for t in self.live:
+            px, py = self._at(t, t.last_frame)
+            nx, ny = move_point(h, px, py)
+            t.dx += nx - px
+            t.dy += ny - py
 
     def step(
-        self, frame: int, dets: list[Detection], camera: tuple[float, float]
+        self, frame: int, dets: list[Detection], lab: npt.NDArray[np.float32]
     ) -> list[tuple[int, Detection]]:
         """Assign `dets` (seen at `frame`) to tracks; return (raw track id, detection) pairs."""
-        self.shift = (self.shift[0] + camera[0], self.shift[1] + camera[1])
         self.live = [t for t in self.live if frame - t.last_frame <= self.max_gap + 1]
+        dets = self._merge(self._split(dets, frame, lab), frame, lab)
         matched: dict[int, int] = {}
         if self.live and dets:
             cost = np.full((len(self.live), len(dets)), UNMATCHABLE)
@@ -222,7 +166,7 @@ class Associator:
             t_col = np.stack([t.det.colour for t in self.live])[:, None, :]
             d_col = np.stack([d.colour for d in dets])[None, :, :]
             colour = np.linalg.norm(t_col - d_col, axis=2)
-            sizes_ok = np.minimum(t_area, d_area) >= 0.4 * np.maximum(t_area, d_area)
+            sizes_ok = np.minimum(t_area, d_area) >= 0.35 * np.maximum(t_area, d_area)
             for i, j in zip(*np.nonzero(sizes_ok & (colour <= COLOUR_MAX)), strict=True):
                 cost[i, j] = self._cost(self.live[i], dets[j], frame, float(colour[i, j]))
             rows, cols = linear_sum_assignment(cost)
@@ -233,26 +177,84 @@ class Associator:
                 t = self.live[matched[j]]
                 self._update(t, d, frame)
             else:
-                t = _Live(self.next_id, d, frame, self.shift)
+                t = _Live(self.next_id, d, frame)
                 self.next_id += 1
                 self.live.append(t)
             out.append((t.raw_id, d))
         return out
 
-    def _predicted(self, t: _Live, frame: int) -> tuple[float, float]:
+    def _at(self, t: _Live, frame: int) -> tuple[float, float]:
+        """The offset of a track's last mask to where it should be at `frame`."""
         gap = frame - t.last_frame
-        return (
-            self.shift[0] - t.shift_at_last[0] + t.vx * gap,
-            self.shift[1] - t.shift_at_last[1] + t.vy * gap,
-        )
+        return t.dx + t.vx * gap, t.dy + t.vy * gap
+
+    def _predicted_box(self, t: _Live, frame: int) -> Box:
+        dx, dy = self._at(t, frame)
+        x, y, w, h = t.det.box
+        return x + dx, y + dy, w, h
+
+    def _split(
+        self, dets: list[Detection], frame: int, lab: npt.NDArray[np.float32]
+    ) -> list[Detection]:
+        # Only tracks with a velocity have a prediction worth splitting a blob by.
+        steady = [t for t in self.live if t.hits >= 2]
+        out: list[Detection] = []
+        for d in dets:
+            inside = []
+            for t in steady:
+                box = self._predicted_box(t, frame)
+                if box_overlap(box, d.box) >= SPLIT_COVER * box[2] * box[3]:
+                    inside.append((t, box))
+            biggest = max((t.det.area for t, _ in inside), default=0)
+            if len(inside) >= 2 and d.area > 1.3 * biggest:
+                out.extend(p for p in split_detection(d, [b for _, b in inside], lab) if p)
+            else:
+                out.append(d)
+        return out
+
+    def _merge(
+        self, dets: list[Detection], frame: int, lab: npt.NDArray[np.float32]
+    ) -> list[Detection]:
+        boxes = [self._predicted_box(t, frame) for t in self.live if t.hits >= 2]
+        owners: dict[int, list[int]] = {}
+        for j, d in enumerate(dets):
+            # Which predictions hold most of this piece; a piece shared by two is left alone.
+            holders = [k for k, b in enumerate(boxes) if box_overlap(b, d.box) > 0.5 * d.area]
+            if len(holders) == 1:
+                owners.setdefault(holders[0], []).append(j)
+        gone: set[int] = set()
+        merged: list[Detection] = []
+        for k, js in owners.items():
+            # Only pieces a small gap apart (the width of a lamp post across a body) are one
+            # thing; two people who were one blob and walk apart are two.
+            js = near_pieces([dets[j] for j in js], js, MERGE_GAP * min(boxes[k][2], boxes[k][3]))
+            if len(js) < 2:
+                continue
+            x0 = min(dets[j].x for j in js)
+            y0 = min(dets[j].y for j in js)
+            x1 = max(dets[j].x + dets[j].crop.shape[1] for j in js)
+            y1 = max(dets[j].y + dets[j].crop.shape[0] for j in js)
+            bw, bh = boxes[k][2], boxes[k][3]
+            if (x1 - x0) > MERGE_SLACK * bw or (y1 - y0) > MERGE_SLACK * bh:
+                continue
+            union = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+            for j in js:
+                d = dets[j]
+                h, w = d.crop.shape
+                union[d.y - y0 : d.y - y0 + h, d.x - x0 : d.x - x0 + w] |= d.crop
+            one = make_detection(union, x0, y0, lab)
+            if one is not None:
+                merged.append(one)
+                gone.update(js)
+        return [d for j, d in enumerate(dets) if j not in gone] + merged
 
     def _cost(self, t: _Live, d: Detection, frame: int, colour: float) -> float:
         a = t.det
-        guesses = [self._predicted(t, frame)]
+        guesses = [self._at(t, frame)]
         if t.hits == 1:
-            # Velocity unknown yet: also try "moved with the camera" (a held object, or a
-            # pan the phase correlation missed), and allow a wider reach.
-            guesses.append((0.0, 0.0))
+            # Velocity unknown yet: also try "still where it was" (with the camera), and
+            # allow a wider reach.
+            guesses.append((t.dx, t.dy))
         reach = (0.6 if t.hits > 1 else 1.0) * math.sqrt(max(a.area, d.area))
         best = UNMATCHABLE
         for dx, dy in guesses:
@@ -267,20 +269,30 @@ class Associator:
     def _update(self, t: _Live, d: Detection, frame: int) -> None:
         gap = frame - t.last_frame
         # Velocity relative to the scene, so a camera pan is not mistaken for object motion.
-        cam_x = self.shift[0] - t.shift_at_last[0]
-        cam_y = self.shift[1] - t.shift_at_last[1]
-        vx = (d.cx - t.det.cx - cam_x) / gap
-        vy = (d.cy - t.det.cy - cam_y) / gap
+        vx = (d.cx - t.det.cx - t.dx) / gap
+        vy = (d.cy - t.det.cy - t.dy) / gap
         if t.hits == 1:
             t.vx, t.vy = vx, vy
         else:
             t.vx, t.vy = 0.5 * (t.vx + vx), 0.5 * (t.vy + vy)
-        t.det, t.last_frame, t.shift_at_last = d, frame, self.shift
+        t.det, t.last_frame = d, frame
+        t.dx = t.dy = 0.0
         t.hits += 1
 
 
+def sampled_rate(frames_doc: Json) -> float:
+    """Sampled frames per second as the timestamps have them (a video that drops frames
+    is sampled sparser than the asked-for rate)."""
+    records = frames_doc.get("frames", [])
+    asked = float(frames_doc.get("fps") or 5.0)
+    if len(records) < 2:
+        return asked
+    span = float(records[-1]["t"]) - float(records[0]["t"])
+    return min(asked, (len(records) - 1) / span) if span > 0 else asked
+
+
 class CpuTracker:
-    """The default segmenter: classical regions + Hungarian tracking, on one CPU core."""
+    """The default segmenter: moving things + Hungarian tracking, on one CPU core."""
 
     name = NAME
 
@@ -290,22 +302,74 @@ class CpuTracker:
     def track(self, frames_dir: Path, out_dir: Path, reporter: Reporter) -> Json:
         """Segment and track every frame in `frames_dir`; write out_dir/tracks.json."""
         paths, width, height = frame_list(frames_dir)
-        seg = Segmenter(self.cfg, width, height)
-        assoc = Associator(self.cfg)
+        cfg = self.cfg
+        scale = min(1.0, cfg.work_side / max(width, height))
+        work = max(1, round(width * scale)), max(1, round(height * scale))
+        fx, fy = width / work[0], height / work[1]
+        sampled_fps = sampled_rate(load_frames(frames_dir))
+        progress = Progress(reporter, 2 * len(paths))
+        progress.update(0)
+
+        def shrink(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+            if (image.shape[1], image.shape[0]) == work:
+                return image
+            return np.asarray(cv2.resize(image, work, interpolation=cv2.INTER_AREA))
+
+        def load(i: int) -> npt.NDArray[np.uint8]:
+            return shrink(read_frame(paths[i]))
+
+        # Pass 1: the camera's motion between frames, hence cuts and fixed shots.
+        changes: list[Change] = []
+        prev: tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]] | None = None
+        for i in range(len(paths)):
+            image = load(i)
+            cur = grey(image), histogram(image)
+            changes.append(change(prev[0], cur[0], prev[1], cur[1]) if prev else STILL)
+            prev = cur
+            progress.update(i + 1)
+        motions = [c.motion for c in changes]
+        shots = plan_shots(motions, find_cuts(changes), cfg.still_frac * max(work), work)
+
+        # Pass 2: foreground, blobs, tracks.
+        blobs = BlobFinder(
+            work,
+            (width, height),
+            min_area_frac=cfg.min_blob_frac,
+            max_area_frac=cfg.max_area_frac,
+            join_px=max(1, round(cfg.join_frac * max(work))),
+            min_contrast=cfg.min_contrast,
+        )
+        assoc = Associator(cfg)
         builder = TrackBuilder(
             width,
             height,
-            min_area=int(self.cfg.min_area_frac * width * height),
-            min_track_frames=self.cfg.min_track_frames,
+            min_area=int(cfg.min_blob_frac * width * height),
+            min_track_frames=max(cfg.min_track_frames, math.ceil(cfg.min_track_s * sampled_fps)),
         )
-        progress = Progress(reporter, len(paths))
-        progress.update(0)
-        for i, path in enumerate(paths):
-            small = seg.small(read_frame(path))
-            camera = seg.camera_shift(small)
-            for raw_id, det in assoc.step(i, seg.detect(small), camera):
-                builder.add_crop(raw_id, i, det.crop, det.x, det.y)
-            progress.update(i + 1)
+        # MOG2 takes a new colour into the background once the old one's weight falls
+        # under its background ratio (0.9), after about 0.105 * history frames.
+        history = max(PRIME_FRAMES, round(cfg.background_s * sampled_fps / 0.105))
+        for shot in shots:
+            assoc.cut()
+            foreground = ShotForeground(
+                shot,
+                load,
+                motions,
+                history=history,
+                var_threshold=cfg.background_threshold,
+                motion_grey=cfg.motion_threshold,
+            )
+            for i in range(shot.start, shot.stop):
+                image = read_frame(paths[i])
+                fg = foreground(i, shrink(image))
+                motion = motions[i]
+                if not shot.fixed and i > shot.start and motion is not None:
+                    assoc.camera(to_frame(motion, fx, fy))
+                lab = np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2Lab), dtype=np.float32)
+                dets = blobs.find(fg, lab) if fg is not None else []
+                for raw_id, det in assoc.step(i, dets, lab):
+                    builder.add_crop(raw_id, i, det.crop, det.x, det.y)
+                progress.update(len(paths) + i + 1)
         model = {"name": NAME, "version": VERSION, "params": self.params()}
         return write_tracks(out_dir, builder.finish(model, len(paths)))
 
@@ -314,10 +378,16 @@ class CpuTracker:
         c = self.cfg
         return {
             "work_side": c.work_side,
-            "texture_threshold": c.texture_threshold,
-            "min_area_frac": c.min_area_frac,
+            "min_blob_frac": c.min_blob_frac,
             "max_area_frac": c.max_area_frac,
+            "still_frac": c.still_frac,
+            "join_frac": c.join_frac,
+            "min_contrast": c.min_contrast,
+            "background_s": c.background_s,
+            "background_threshold": c.background_threshold,
+            "motion_threshold": c.motion_threshold,
             "match_iou": c.match_iou,
             "max_gap": c.max_gap,
             "min_track_frames": c.min_track_frames,
+            "min_track_s": c.min_track_s,
         }

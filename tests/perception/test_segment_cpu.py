@@ -1,4 +1,4 @@
-"""The CPU segmenter: real masks, one persistent id per object, clutter ignored."""
+"""The CPU segmenter: real masks, one persistent id per moving object, background ignored."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tests.perception.synthetic import (
     EXPECTED,
     MOVING,
     SHAPES,
+    STATIC,
     Image,
     Shape,
     background,
@@ -46,11 +47,17 @@ def run(frames: Path, out: Path, cfg: PerceptionConfig | None = None) -> dict[st
     return doc
 
 
-def match(doc: dict[str, Any], times: list[float], shapes: tuple[Shape, ...]) -> dict[str, Any]:
-    """Each shape's track: the one whose first box is centred where the shape was."""
+def match(
+    doc: dict[str, Any], times: list[float], shapes: tuple[Shape, ...], at: int | None = None
+) -> dict[str, Any]:
+    """Each shape's track: the one whose box is centred where the shape was, in the track's
+    first frame (or in frame `at`)."""
     found: dict[str, Any] = {}
     for track in doc["tracks"]:
-        first = track["frames"][0]
+        seen = [ob for ob in track["frames"] if at is None or ob["frame"] == at]
+        if not seen:
+            continue
+        first = seen[0]
         cx, cy = centre(first)
         for s in shapes:
             sx, sy = s.centre(times[first["frame"]])
@@ -60,14 +67,25 @@ def match(doc: dict[str, Any], times: list[float], shapes: tuple[Shape, ...]) ->
     return found
 
 
-def test_finds_each_object_once_and_follows_it(frames_dir: Path, tmp_path: Path) -> None:
-    """Four objects, four tracks: each in every frame, one id, boxes on the known paths."""
+def overlaps(ob: dict[str, Any], s: Shape, t: float) -> bool:
+    """Whether an observation's box overlaps where shape `s` is drawn at `t`."""
+    x, y, w, h = ob["bbox"]
+    sx, sy = s.centre(t)
+    half = s.size // 2 if s.kind == "square" else s.size
+    return bool(x < sx + half and sx - half < x + w and y < sy + half and sy - half < y + h)
+
+
+def test_finds_each_moving_object_once_and_follows_it(frames_dir: Path, tmp_path: Path) -> None:
+    """Three moving shapes, three tracks: each in every frame, one id, boxes on the paths.
+
+    The static cabinet is not among them: under a fixed camera a thing that never moves is
+    background to the CPU segmenter (docs/perception.md), like the textured floor.
+    """
     doc = run(frames_dir, tmp_path)
     times = [f["t"] for f in load_frames(frames_dir)["frames"]]
-    # The static cabinet and the three moving shapes; no track from the textured floor,
-    # none from the blip that shows for a single frame.
-    assert len(doc["tracks"]) == len(EXPECTED) == 4
-    assert [t["id"] for t in doc["tracks"]] == [1, 2, 3, 4]
+    # No track from the textured floor, the cabinet, or the blip that shows for one frame.
+    assert len(doc["tracks"]) == len(EXPECTED) == 3
+    assert [t["id"] for t in doc["tracks"]] == [1, 2, 3]
     found = match(doc, times, EXPECTED)
     assert sorted(found) == sorted(s.name for s in EXPECTED)
     for s in EXPECTED:
@@ -78,6 +96,9 @@ def test_finds_each_object_once_and_follows_it(frames_dir: Path, tmp_path: Path)
             sx, sy = s.centre(times[ob["frame"]])
             cx, cy = centre(ob)
             assert math.hypot(cx - sx, cy - sy) < TOLERANCE_PX, (s.name, ob["frame"])
+    for track in doc["tracks"]:
+        for ob in track["frames"]:
+            assert not any(overlaps(ob, c, times[ob["frame"]]) for c in STATIC), ob["bbox"]
 
 
 def test_masks_cover_the_shapes(frames_dir: Path, tmp_path: Path) -> None:
@@ -127,14 +148,18 @@ def test_short_occlusion_keeps_the_id(tmp_path: Path) -> None:
     times = [f["t"] for f in load_frames(tmp_path / "frames")["frames"]]
     red = match(doc, times, EXPECTED)["red_circle"]
     assert [ob["frame"] for ob in red["frames"]] == [i for i in range(15) if i != 6]
-    assert len(doc["tracks"]) == 4
+    assert len(doc["tracks"]) == 3
 
 
 def test_camera_pan_is_followed(tmp_path: Path) -> None:
-    """A panning camera: the static box and the moving shapes keep their tracks."""
-    # The camera pans right at 150 px/s over a wide scene: everything drifts left on screen.
+    """A panning camera: the moving shapes keep their tracks; the cabinet, which stands
+    still in the room and so drifts across the screen with the floor, is not reported."""
+    # The camera pans right at 80 px/s (a frame's width in 8 s) over a wide scene: the
+    # floor drifts left on screen. (Much faster, and a thing near the edge that leaves view
+    # at a shot's start is seen by too few frames to tell it from the floor: see
+    # docs/perception.md.)
     wide = background(1200, 360, seed=3)
-    pan = 150.0
+    pan = 80.0
 
     def on_screen(s: Shape) -> Shape:
         return Shape(
@@ -147,7 +172,8 @@ def test_camera_pan_is_followed(tmp_path: Path) -> None:
             s.visible,
         )
 
-    shapes = tuple(on_screen(s) for s in EXPECTED)
+    shapes = tuple(on_screen(s) for s in (*EXPECTED, *STATIC))
+    moving = shapes[: len(EXPECTED)]
 
     def frame(t: float, base: Image) -> Image:
         ox = round(pan * t)
@@ -157,31 +183,65 @@ def test_camera_pan_is_followed(tmp_path: Path) -> None:
     extract_frames(clip, tmp_path / "frames", fps=5, max_side=640, reporter=Reporter())
     doc = run(tmp_path / "frames", tmp_path / "seg")
     times = [f["t"] for f in load_frames(tmp_path / "frames")["frames"]]
-    found = match(doc, times, shapes)
-    assert sorted(found) == sorted(s.name for s in shapes)
-    assert len(doc["tracks"]) == 4
-    for s in shapes:
+    found = match(doc, times, moving, at=len(times) // 2)
+    assert sorted(found) == sorted(s.name for s in moving)
+    assert len(doc["tracks"]) == 3
+    for s in moving:
         track = found[s.name]
         assert [ob["frame"] for ob in track["frames"]] == list(range(len(times)))
         for ob in track["frames"]:
             sx, sy = s.centre(times[ob["frame"]])
-            if 50 < sx < 590:  # wholly in view: a shape cut by the edge has a cut box
+            # In a moving shot the scene behind a frame is the median of the frames either
+            # side; near the shot's ends one side has more of them, and there the box of a
+            # slow thing may take in where it is about to be (or just was).
+            inner = 3 <= ob["frame"] < len(times) - 3
+            if inner and 50 < sx < 590:  # wholly in view: a shape cut by the edge has a cut box
                 assert math.hypot(centre(ob)[0] - sx, centre(ob)[1] - sy) < TOLERANCE_PX
+
+
+def test_hand_held_camera_over_a_still_room_reports_nothing(tmp_path: Path) -> None:
+    """A shaking, drifting hand-held camera over a room where nothing moves: the floor and
+    the still shapes move only with the camera, so no track at all (no background plane, no
+    edge the shake uncovers)."""
+    wide = background(760, 420, seed=11)
+    still = tuple(
+        Shape(s.name, s.colour, (s.start[0] + 60, s.start[1] + 30), (0.0, 0.0), s.kind, s.size)
+        for s in (*EXPECTED, *STATIC)
+    )
+    rng = np.random.default_rng(4)
+    shake = rng.uniform(-6.0, 6.0, (60, 2))
+
+    def frame(t: float, base: Image) -> Image:
+        k = min(59, round(t * 20))
+        ox = round(20 + 25 * t + shake[k, 0])
+        oy = round(30 + 10 * math.sin(2 * t) + shake[k, 1])
+        room = draw(t, wide, still)
+        return np.ascontiguousarray(room[oy : oy + 360, ox : ox + 640])
+
+    clip = write_video(tmp_path / "shake.mp4", seconds=3.0, frame_fn=frame)
+    extract_frames(clip, tmp_path / "frames", fps=5, max_side=640, reporter=Reporter())
+    doc = run(tmp_path / "frames", tmp_path / "seg")
+    assert doc["tracks"] == []
 
 
 def test_progress_and_summary(frames_dir: Path, tmp_path: Path, recorder: Recorder) -> None:
     """The segment stage reports rising fractions up to 1 and a summary of what it found."""
     summary = CpuTracker(PerceptionConfig()).track(frames_dir, tmp_path, recorder.reporter())
-    assert summary == {"tracks": 4, "frames": 15, "model": "cpu-classical/1"}
+    assert summary == {"tracks": 3, "frames": 15, "model": "cpu-classical/2"}
     fractions = [f for s, f in recorder.progress if s == "segment"]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
 
 
 def test_min_track_frames_drops_flicker(frames_dir: Path, tmp_path: Path) -> None:
-    """The single-frame blip is a track only when min_track_frames allows it."""
-    doc = run(frames_dir, tmp_path, PerceptionConfig(min_track_frames=1))
-    assert len(doc["tracks"]) == 5
+    """The single-frame blip is a track only when both min_track_frames and min_track_s
+    allow it; by default a track must last a second."""
+    loose = PerceptionConfig(min_track_frames=1, min_track_s=0.0)
+    doc = run(frames_dir, tmp_path / "loose", loose)
+    assert len(doc["tracks"]) == 4
     assert min(len(t["frames"]) for t in doc["tracks"]) == 1
+    # min_track_s alone still drops it (a second at 5 fps is five frames).
+    doc = run(frames_dir, tmp_path / "seconds", PerceptionConfig(min_track_frames=1))
+    assert len(doc["tracks"]) == 3
 
 
 def test_make_tracker_picks_the_cpu_default() -> None:
@@ -193,6 +253,9 @@ def test_make_tracker_picks_the_cpu_default() -> None:
 
 
 def test_threshold_is_a_real_knob(frames_dir: Path, tmp_path: Path) -> None:
-    """A stricter uniformity threshold still finds the flat-coloured objects."""
-    doc = run(frames_dir, tmp_path, PerceptionConfig(texture_threshold=3.0))
-    assert len(doc["tracks"]) == 4
+    """A stricter background threshold still finds the moving shapes; an absurd one, under
+    which no colour differs from the background, finds nothing."""
+    doc = run(frames_dir, tmp_path / "strict", PerceptionConfig(background_threshold=64.0))
+    assert len(doc["tracks"]) == 3
+    doc = run(frames_dir, tmp_path / "blind", PerceptionConfig(background_threshold=1e6))
+    assert doc["tracks"] == []
