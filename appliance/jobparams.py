@@ -8,6 +8,7 @@ knobs that make a job cost more may not exceed what the box's own config says.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -82,3 +83,8 @@ def job_config(kind: str, params: dict[str, Any], cfg: FieldboxConfig) -> JobCon
     if sam2 and not cfg.perception.sam2_checkpoint:
         raise InvalidDocument("segmenter 'sam2' needs a SAM 2 checkpoint this box lacks")
     return section
+
+
+def named(exc: Exception, path: Path, filename: str) -> str:
+    """An input error as the crew reads it: the upload's own filename, not its blob's sha256."""
+    return str(exc).replace(path.name, filename or "the upload")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-from appliance.jobparams import job_config
+from appliance.jobparams import job_config, named
 from appliance.schemas import JobCreate
 from appliance.services import Services, in_thread
 from store import ingest
@@ -19,7 +19,7 @@ _TERMINAL_EVENTS = frozenset({"succeeded", "failed", "dead", "cancelled"})
 _encode = msgspec.json.Encoder().encode
 
 
-def _probe(path: Path, kind: str) -> None:
+def _probe(path: Path, kind: str, filename: str) -> None:
     from perception.frames import probe
     from perception.progress import InvalidInput
     from perception.splat.photos import check_photo_capture, is_photo_capture
@@ -30,12 +30,14 @@ def _probe(path: Path, kind: str) -> None:
         try:
             check_photo_capture(path)
         except InvalidInput as exc:
-            raise InvalidDocument(f"the asset is not a usable photo capture: {exc}") from exc
+            why = named(exc, path, filename)
+            raise InvalidDocument(f"the asset is not a usable photo capture: {why}") from exc
         return
     try:
         probe(path)
     except InvalidInput as exc:
-        raise InvalidDocument(f"the asset is not a usable video: {exc}") from exc
+        why = named(exc, path, filename)
+        raise InvalidDocument(f"the asset is not a usable video: {why}") from exc
 
 
 async def enqueue(svc: Services, req: JobCreate) -> tuple[Job, bool]:
@@ -43,7 +45,7 @@ async def enqueue(svc: Services, req: JobCreate) -> tuple[Job, bool]:
     job_config(req.kind, req.params, svc.cfg)  # checked and capped before anything is queued
     params = req.params
     asset, path = await in_thread(ingest.asset_file, svc.layout, svc.locations, req.asset_id)
-    await in_thread(_probe, path, req.kind)
+    await in_thread(_probe, path, req.kind, asset.filename)
     return await in_thread(
         svc.queue.enqueue,
         req.kind,

@@ -24,7 +24,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from appliance.config import FieldboxConfig
-from appliance.jobparams import JobConfig, job_config
+from appliance.jobparams import JobConfig, job_config, named
 from perception.config import PerceptionConfig
 from perception.progress import InvalidInput, Reporter, Stages
 from perception.splat.config import SplatConfig
@@ -106,11 +106,13 @@ def execute(
     run = JobRun(
         job, cfg, layout, locs, outbox, asset, video, layout.jobs_dir / job.id, params, reporter
     )
-    if job.kind == "perception":
-        return _perception(run)
-    if job.kind == "splat":
-        return _splat(run)
-    raise InvalidInput(f"unknown job kind {job.kind!r}")
+    tasks = {"perception": _perception, "splat": _splat}
+    if job.kind not in tasks:
+        raise InvalidInput(f"unknown job kind {job.kind!r}")
+    try:
+        return tasks[job.kind](run)
+    except InvalidInput as exc:
+        raise InvalidInput(named(exc, video, asset.filename)) from exc
 
 
 def _job_config(run: JobRun, kind: str) -> JobConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,9 @@ def test_an_asset_that_is_not_a_video_is_refused(client: Api) -> None:
     asset = upload(client, b"this is not a video" * 100, filename="notes.mp4")
     resp = client.post("/v1/jobs", json={"kind": "perception", "asset_id": asset})
     assert resp.status_code == 400 and "not a usable video" in resp.json()["message"]
+    # Named as the crew uploaded it, not by the blob's content hash.
+    assert "notes.mp4: " in resp.json()["message"], resp.json()
+    assert hashlib.sha256(b"this is not a video" * 100).hexdigest() not in resp.text
 
 
 def test_a_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:

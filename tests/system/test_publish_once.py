@@ -130,7 +130,8 @@ def _check_stored_once(data: Path, job_id: str, result: dict[str, Any], outputs:
     """One asset per (job, output), named by the result; one outbox row per asset, no orphan."""
     stored = _job_assets(data, job_id)
     assert Counter(kind for _, kind, _ in stored) == Counter(outputs), stored
-    assert {a for a, _, _ in stored} == set(result.values()), (stored, result)
+    named = {v for k, v in result.items() if k.endswith("_asset_id")}
+    assert {a for a, _, _ in stored} == named, (stored, result)
     every_asset = {str(a) for (a,) in _rows(_location_db(data), "SELECT id FROM assets")}
     rows = _outbox(data)
     assert Counter(a for a, _ in rows) == Counter(every_asset), rows
@@ -174,8 +175,9 @@ def test_a_perception_job_killed_while_publishing_stores_its_facts_once(
     done = _finish(c, data, config, job["id"])
     assert done["attempts"] == 2
     result = done["result"]
-    assert set(result) == {"scene_facts_asset_id"}
-    _check_stored_once(data, job["id"], result, {"scene_facts"})
+    # The frames with tracks are published after the facts, so only by the new worker.
+    assert set(result) == {"scene_facts_asset_id", "frames_asset_id"}
+    _check_stored_once(data, job["id"], result, {"scene_facts", "frames"})
     assert {result["scene_facts_asset_id"]} == before  # the retry reused what was there
     facts = c.get(f"/v1/assets/{result['scene_facts_asset_id']}/content").json()
     validate(facts, "scene-facts")
@@ -217,22 +219,24 @@ def _check_splat(tmp_path: Path, c: httpx.Client, result: dict[str, Any]) -> Non
 
 # Each in turn: after SfM, mid-training (just past the checkpoint at iteration 20 of 40),
 # during export (the .ply written, the thumbnail not), after the splat's asset row, and
-# after the thumbnail's outbox row.
+# after the thumbnail's outbox row, and after the cameras' asset row.
 SPLAT_POINTS = [
     "sfm:done",
     "train:0.45",
     "export:0.8",
     "publish:splat:asset",
     "publish:thumbnail:outbox",
+    "publish:splat_cameras:asset",
 ]
 
 
 def test_a_splat_job_killed_at_every_stage_stores_each_output_once(
     tmp_path: Path, box: Box
 ) -> None:
-    """One splat job, its worker killed after SfM, mid-training, during export and twice
-    while publishing: it resumes each time where it stood (SfM once, training from its
-    checkpoint) and ends with one .ply and one thumbnail asset, each with one outbox row."""
+    """One splat job, its worker killed after SfM, mid-training, during export and three
+    times while publishing: it resumes each time where it stood (SfM once, training from its
+    checkpoint) and ends with one .ply, one thumbnail and one cameras asset, each with one
+    outbox row."""
     pytest.importorskip("torch")
     pytest.importorskip("pycolmap")
     server, c, config = box
@@ -243,8 +247,11 @@ def test_a_splat_job_killed_at_every_stage_stores_each_output_once(
     done = _finish(c, data, config, job_id)
     assert done["attempts"] == len(SPLAT_POINTS) + 1
     result = done["result"]
-    assert set(result) == {"splat_asset_id", "thumbnail_asset_id"}
-    _check_stored_once(data, job_id, result, {"splat", "thumbnail"})
+    assert set(result) == {"splat_asset_id", "thumbnail_asset_id", "cameras_asset_id", "quality"}
+    _check_stored_once(data, job_id, result, {"splat", "thumbnail", "splat_cameras"})
+    # The held-out views were scored (every 8th of the sampled frames).
+    q = result["quality"]
+    assert q["held_out"] is True and q["eval_views"] >= 1 and q["psnr"] > 0, q
     _check_splat(tmp_path, c, result)
     events = _events(c, job_id)
     started = Counter(d.get("stage") for e, d in events if e == "stage_started")

@@ -3,6 +3,7 @@ one that resumes at its last finished stage under a new worker."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -121,3 +122,29 @@ def test_kill_9_mid_job_resumes_at_the_last_finished_stage(
     assert events.count("stage_started:frames") == 1, events
     assert events.count("stage_started:segment") == 2, events
     assert any(e.startswith("lease_expired") for e in events), events
+
+
+def test_a_job_on_a_file_that_is_not_a_video_fails_naming_the_upload(
+    tmp_path: Path, box: tuple[Server, httpx.Client, Path]
+) -> None:
+    """A job queued without the api's check (an older api queued it) on bytes that are no
+    video: the worker fails it for good, and the error names the file as the crew uploaded
+    it, not the blob's content hash."""
+    server, client, config = box
+    body = b"site notes, not a video\n" * 200
+    (tmp_path / "notes.mp4").write_bytes(body)
+    asset = _upload(client, tmp_path / "notes.mp4")
+    cfg = make_config(server.data_dir)
+    queue = Queue(str(Layout(server.data_dir).queue_db), cfg.store, cfg.queue)
+    try:
+        job, _ = queue.enqueue("perception", {"asset_id": asset, "params": {}}, location="site1")
+    finally:
+        queue.close()
+    worker = WorkerProc(server.data_dir, config)
+    try:
+        done = wait_job(client, job.id, {"succeeded", "failed", "dead"})
+    finally:
+        worker.stop()
+    assert done["status"] == "failed" and done["attempts"] == 1, done  # bad input: no retry
+    assert done["error"].startswith("notes.mp4: "), done
+    assert hashlib.sha256(body).hexdigest() not in json.dumps(done)
