@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Browser-side packages of the admin page (appliance/admin/vendor, gitignored).
-ADMIN_NPM := uplot@1.6.32
+ADMIN_NPM := uplot@1.6.32 three@0.187.0 @sparkjsdev/spark@2.2.0
 # llama.cpp's CPU build (see $(STAMP)): a portable x86-64 AVX2 target; elsewhere its default.
 ifeq ($(shell uname -m),x86_64)
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
@@ -82,6 +82,12 @@ bench-bridge: install
 .PHONY: splat-quality
 splat-quality: install testdata
 	$(BIN)/pytest -q -s -m slow tests/perception/splat/test_monstree_quality.py
+
+# Every quality figure in one run: perception on real footage against the labelled
+# reference, the synthetic and monstree splat jobs by held-out PSNR/SSIM (about 20 min).
+.PHONY: bench-quality
+bench-quality: install testdata
+	$(BIN)/python bench/bench_quality.py
 
 # 300 whole-box kill -9 rounds (api, worker, bridge on a moto S3); prints the figures.
 crash-soak: install
