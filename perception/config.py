@@ -98,3 +98,8 @@ class PerceptionConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     match_iou: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
     """CPU segmenter: the least mask IoU (after motion prediction) for a detection to continue
     a track by overlap alone; below it, only a close centroid with similar size and colour can."""
+
+    find_subject: bool = True
+    """CPU segmenter: in a hand-held shot (or a run of photos of one scene) where nothing
+    moves on its own, report the one thing the camera kept in view as a track: the subject
+    (docs/perception.md); false reports only what moves."""

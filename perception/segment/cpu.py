@@ -69,9 +69,10 @@ from perception.segment.motion import (
     plan_shots,
     to_frame,
 )
+from perception.segment.subject import add_subjects
 
 NAME = "cpu-classical"
-VERSION = "2"
+VERSION = "3"
 COLOUR_MAX = 40.0  # Lab distance beyond which two masks are not the same object
 UNMATCHABLE = 1e6
 SPLIT_COVER = 0.6  # a prediction this much inside a blob counts as inside it
@@ -370,6 +371,8 @@ class CpuTracker:
                 for raw_id, det in assoc.step(i, dets, lab):
                     builder.add_crop(raw_id, i, det.crop, det.x, det.y)
                 progress.update(len(paths) + i + 1)
+        if cfg.find_subject:
+            add_subjects(builder, shots, changes, load, (width, height), work, blobs)
         model = {"name": NAME, "version": VERSION, "params": self.params()}
         return write_tracks(out_dir, builder.finish(model, len(paths)))
 
@@ -390,4 +393,5 @@ class CpuTracker:
             "max_gap": c.max_gap,
             "min_track_frames": c.min_track_frames,
             "min_track_s": c.min_track_s,
+            "find_subject": c.find_subject,
         }

@@ -10,12 +10,13 @@ questions for each sampled frame, all at work size:
   motion is under `still_px` is fixed, like a surveillance or tripod camera.
 - **What is foreground?** In a fixed shot, a Gaussian-mixture background model (OpenCV's
   MOG2), primed on frames spread over the whole shot with what moves in them replaced by
-  their median, so objects are foreground from the shot's first frame on; the pixels MOG2 calls shadow (a darker copy of the background)
-  are dropped, unless their local texture differs from the background's (a grey coat on
-  grey asphalt). In a moving shot, the neighbouring frames (up to 8 either side) are warped
-  onto the frame by the camera's motion; their per-pixel median is the scene behind it, and
-  a pixel far from that median (by `motion_threshold` and by RESIDUAL_K of the neighbours'
-  own spread there) moves on its own. A pixel fewer than two neighbours saw is not judged.
+  their median, so objects are foreground from the shot's first frame on; the pixels MOG2
+  calls shadow (a darker copy of the background) are dropped, unless their local texture
+  differs from the background's (a grey coat on grey asphalt). In a moving shot, the
+  neighbouring frames (up to 8 either side) are warped onto the frame by the camera's
+  motion; their per-pixel median is the scene behind it, and a pixel far from that median
+  (by `motion_threshold` and by RESIDUAL_K of the neighbours' own spread there) moves on its
+  own. A pixel fewer than two neighbours saw is not judged.
 """
 
 from __future__ import annotations

@@ -121,3 +121,60 @@ def write_video(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def orbit_frame(t: float, shake: npt.NDArray[np.float64], with_object: bool = True) -> Image:
+    """A hand-held orbit round one object on a table, at `t` seconds: the camera circles
+    the object and keeps it in the middle of the view (shaking by `shake[k]` px at 20 fps),
+    so on screen the wall behind sweeps past fast, the table top slower, the object not."""
+    k = min(len(shake) - 1, round(t * 20))
+    sx, sy = (round(v) for v in shake[k])
+    wall = _orbit_layer("wall")
+    table = _orbit_layer("table")
+    ox_wall, ox_table = round(40 + 150 * t) + sx, round(40 + 50 * t) + sx
+    img = np.ascontiguousarray(wall[20 + sy : 20 + sy + HEIGHT, ox_wall : ox_wall + WIDTH])
+    # The table's edge stays at one height: the camera circles at one height above it.
+    img[ORBIT_TABLE_Y:] = table[: HEIGHT - ORBIT_TABLE_Y, ox_table : ox_table + WIDTH]
+    if with_object:
+        obj, inside = _orbit_layer("object"), _orbit_layer("object_mask") > 0
+        h, w = inside.shape
+        x0, y0 = ORBIT_OBJECT[0] - w // 2 + sx // 2, ORBIT_OBJECT[1] - h // 2 + sy // 2
+        view = img[y0 : y0 + h, x0 : x0 + w]
+        view[inside] = obj[inside]
+    return img
+
+
+ORBIT_TABLE_Y = 240  # where the table top starts on screen
+ORBIT_OBJECT = (320, 200)  # the object's centre on screen (a vase standing on the table)
+ORBIT_SIZE = (90, 150)  # its width and height
+_LAYERS: dict[str, Image] = {}
+
+
+def _orbit_layer(name: str) -> Image:
+    """The orbit scene's layers, made once: a textured wall, a wooden table top wider than
+    the view, and a textured vase (a real object has texture, not one flat colour)."""
+    if name not in _LAYERS:
+        wall = background(3000, 420, seed=21)
+        table = background(1400, HEIGHT, seed=22).astype(np.float32)
+        table *= np.array([0.55, 0.8, 1.1], dtype=np.float32)  # brown wood
+        w, h = ORBIT_SIZE
+        vase = background(w, h, seed=23).astype(np.float32)
+        vase = vase * np.array([0.5, 0.6, 1.4], dtype=np.float32) + 20.0  # glazed red
+        # A painted pattern: corners and blobs a feature detector can hold on to.
+        rng = np.random.default_rng(24)
+        for _ in range(60):
+            x, y = (int(v) for v in rng.integers(0, (w, h)))
+            colour = tuple(float(c) for c in rng.integers(0, 256, 3))
+            if rng.random() < 0.5:
+                cv2.circle(vase, (x, y), int(rng.integers(3, 8)), colour, -1)
+            else:
+                cv2.rectangle(vase, (x, y), (x + 8, y + 5), colour, -1)
+        mask = np.zeros((h, w), dtype=np.uint8)
+        cv2.ellipse(mask, (w // 2, h // 2), (w // 2 - 2, h // 2 - 2), 0, 0, 360, 255, -1)
+        _LAYERS.update(
+            wall=wall,
+            table=np.clip(table, 0, 255).astype(np.uint8),
+            object=np.clip(vase, 0, 255).astype(np.uint8),
+            object_mask=mask,
+        )
+    return _LAYERS[name]

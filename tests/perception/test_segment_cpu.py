@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import msgspec
 import numpy as np
 import pytest
@@ -16,17 +19,23 @@ from perception.frames import extract_frames, load_frames
 from perception.progress import Reporter
 from perception.scene_facts import rle_decode
 from perception.segment import CpuTracker, SegmenterUnavailable, make_tracker
-from perception.segment.base import TRACKS_JSON
+from perception.segment.base import TRACKS_JSON, frame_list, read_frame
+from perception.segment.cpu import STILL
+from perception.segment.motion import change, find_cuts, grey, histogram, plan_shots
+from perception.segment.subject import SubjectFinder, scene_runs
 from tests.perception.conftest import Recorder
 from tests.perception.synthetic import (
     EXPECTED,
     MOVING,
+    ORBIT_OBJECT,
+    ORBIT_SIZE,
     SHAPES,
     STATIC,
     Image,
     Shape,
     background,
     draw,
+    orbit_frame,
     write_video,
 )
 
@@ -224,10 +233,83 @@ def test_hand_held_camera_over_a_still_room_reports_nothing(tmp_path: Path) -> N
     assert doc["tracks"] == []
 
 
+def orbit(tmp_path: Path, with_object: bool) -> Path:
+    """The hand-held orbit round a vase on a table (3 s), sampled at 5 fps."""
+    shake = np.random.default_rng(4).uniform(-5.0, 5.0, (60, 2))
+    tmp_path.mkdir(parents=True, exist_ok=True)
+
+    def frame(t: float, base: Image) -> Image:
+        return orbit_frame(t, shake, with_object)
+
+    clip = write_video(tmp_path / "orbit.mp4", seconds=3.0, frame_fn=frame)
+    extract_frames(clip, tmp_path / "frames", fps=5, max_side=640, reporter=Reporter())
+    return tmp_path / "frames"
+
+
+def on_vase(box: Sequence[float]) -> bool:
+    """Whether a box is centred on the vase and no wider than the table's width share."""
+    x, y, w, h = box
+    (ox, oy), (ow, oh) = ORBIT_OBJECT, ORBIT_SIZE
+    return abs(x + w / 2 - ox) < ow / 2 and abs(y + h / 2 - oy) < oh / 2 and w < 2 * ow
+
+
+def test_hand_held_orbit_finds_the_object(tmp_path: Path) -> None:
+    """Circling a vase on a table, camera held on it: one track, the vase, in most frames;
+    not the wall sweeping past behind it nor the table top."""
+    doc = run(orbit(tmp_path, True), tmp_path / "seg")
+    assert len(doc["tracks"]) == 1
+    frames = doc["tracks"][0]["frames"]
+    assert sum(on_vase(ob["bbox"]) for ob in frames) >= 12
+
+
+def test_the_subject_is_what_the_camera_keeps_in_view(tmp_path: Path) -> None:
+    """The subject evidence alone (what stays put in the frame while the camera's motion
+    sweeps the scene past) holds the vase in most frames of the orbit, and nothing in the
+    same orbit with no vase: the table top, which also moves slower than the wall, is not
+    a subject."""
+    for with_object in (True, False):
+        frames = orbit(tmp_path / str(with_object), with_object)
+        paths, width, height = frame_list(frames)
+        images = [read_frame(p) for p in paths]
+        changes = [STILL] + [
+            change(grey(a), grey(b), histogram(a), histogram(b))
+            for a, b in itertools.pairwise(images)
+        ]
+        motions = [c.motion for c in changes]
+        shots = plan_shots(motions, find_cuts(changes), 0.002 * width, (width, height))
+        runs = scene_runs(shots, changes)
+        assert [(r.start, r.stop) for r in runs] == [(0, len(paths))]
+
+        def spans(x: int, y: int, w: int, h: int, side: int = width) -> bool:
+            return x <= 0 and x + w >= side
+
+        finder = SubjectFinder(
+            images.__getitem__,
+            motions,
+            (width, height),
+            min_area=100.0,
+            max_area=0.6 * width * height,
+            is_plane=spans,
+        )
+        regions = finder.regions(runs[0])
+        boxes = [cv2.boundingRect(m.view(np.uint8)) for m in regions.values()]
+        if with_object:
+            assert sum(on_vase(b) for b in boxes) >= 12, boxes
+        else:
+            assert boxes == []
+
+
+def test_hand_held_orbit_without_an_object_reports_nothing(tmp_path: Path) -> None:
+    """The same orbit with no vase: the camera keeps nothing in view, so no track (the
+    wall and the table top are background planes)."""
+    doc = run(orbit(tmp_path, False), tmp_path / "seg")
+    assert doc["tracks"] == []
+
+
 def test_progress_and_summary(frames_dir: Path, tmp_path: Path, recorder: Recorder) -> None:
     """The segment stage reports rising fractions up to 1 and a summary of what it found."""
     summary = CpuTracker(PerceptionConfig()).track(frames_dir, tmp_path, recorder.reporter())
-    assert summary == {"tracks": 3, "frames": 15, "model": "cpu-classical/2"}
+    assert summary == {"tracks": 3, "frames": 15, "model": "cpu-classical/3"}
     fractions = [f for s, f in recorder.progress if s == "segment"]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
 
