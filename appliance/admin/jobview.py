@@ -25,6 +25,7 @@ _RESULT_LABELS = {
     "thumbnail_asset_id": "thumbnail",
     "scene_facts_asset_id": "scene facts (JSON)",
     "frames_asset_id": "frames (ZIP of JPEGs)",
+    "cameras_asset_id": "camera poses (cameras.json)",
 }
 _MAX_FRAMES = 60
 

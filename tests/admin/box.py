@@ -61,10 +61,10 @@ class Box:
                 self.proc.wait()
 
 
-def start_box(tmp: Path) -> Box:
+def start_box(tmp: Path, config_text: str = CONFIG) -> Box:
     """`fieldbox up` on free ports; wait for its banner and the admin token it prints."""
     config = tmp / "fieldbox.toml"
-    config.write_text(CONFIG)
+    config.write_text(config_text)
     data = tmp / "data"
     port, gw_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "FIELDBOX_CONFIG"}

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from tests.admin.box import CONFIG, Box
-from tests.admin.test_browser import box, browser, submit, visit
+from tests.admin.chromium import submit, visit
+from tests.admin.test_browser import box, browser
 from tests.conftest import make_config, make_token
 from tests.system.helpers import client
 

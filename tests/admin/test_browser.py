@@ -7,41 +7,17 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.admin.box import Box, populate, start_box
-from tests.conftest import ROOT
+from tests.admin.chromium import SHOTS, chromium, js_errors, submit, text, visit
 from tests.system.helpers import client
-
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.chrome.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-SHOTS = ROOT / "artifacts" / "admin"
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1280,900",
-)
-
-if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):
-    pytest.skip(
-        "needs chromium and chromium-driver (make install adds them)", allow_module_level=True
-    )
 
 
 @pytest.fixture(scope="module")
@@ -58,51 +34,10 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    """Headless Chromium with a fresh profile, its console log kept."""
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in FLAGS:
-        opts.add_argument(flag)
-    opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium')}")
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # Attachments the tests open land here, not in the checkout.
-    downloads = tmp_path_factory.mktemp("downloads")
-    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads)})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    """Headless Chromium with no GPU at all (the splat viewer's fallback path)."""
+    driver = chromium(tmp_path_factory.mktemp("chromium"), tmp_path_factory.mktemp("downloads"))
     yield driver
     driver.quit()
-
-
-def js_errors(driver: WebDriver) -> list[str]:
-    """Console errors logged since the last call."""
-    logs: list[dict[str, str]] = driver.get_log("browser")  # type: ignore[no-untyped-call]
-    return [e["message"] for e in logs if e["level"] == "SEVERE"]
-
-
-def visit(driver: WebDriver, box: Box, path: str, shot: str = "") -> None:
-    """Open a page, let its scripts run, fail on any JavaScript error; maybe a screenshot."""
-    driver.get(box.url + path)
-    WebDriverWait(driver, 20).until(
-        lambda d: d.execute_script("return document.readyState") == "complete"
-    )
-    time.sleep(0.3)
-    if shot:
-        driver.save_screenshot(str(SHOTS / f"{shot}.png"))
-    assert js_errors(driver) == [], f"JavaScript errors on {path}"
-
-
-def text(driver: WebDriver, css: str) -> str:
-    """The visible text of the first element matching `css`."""
-    return str(driver.find_element(By.CSS_SELECTOR, css).text)
-
-
-def submit(driver: WebDriver, css: str) -> None:
-    """Click a button and wait for the next page to load."""
-    old = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(By.CSS_SELECTOR, css).click()
-    WebDriverWait(driver, 60).until(lambda d: old.id != d.find_element(By.TAG_NAME, "html").id)
 
 
 def test_sign_in_and_overview(browser: WebDriver, box: Box) -> None:
@@ -146,7 +81,7 @@ def test_models_answers_a_prompt_through_the_gateway(browser: WebDriver, box: Bo
 
 def test_jobs_retry_frames_and_splat(browser: WebDriver, box: Box) -> None:
     """The queue lists the jobs; a failed job retries from its page; the perception job shows
-    its frames with boxes; the finished splat opens in the viewer."""
+    its frames with boxes; the finished splat opens in the fallback viewer."""
     visit(browser, box, "/admin/jobs", "jobs")
     listed = {
         r.get_attribute("data-job")
@@ -178,6 +113,9 @@ def test_jobs_retry_frames_and_splat(browser: WebDriver, box: Box) -> None:
     )
     assert viewer.get_attribute("data-error") is None
     assert viewer.get_attribute("data-gaussians") == "400"
+    # No WebGL in this browser: the soft-dot preview, saying why (Spark: test_splat_viewer).
+    assert viewer.get_attribute("data-renderer") == "soft-dot"
+    assert viewer.get_attribute("data-fallback-reason") == "no WebGL2"
     browser.save_screenshot(str(SHOTS / "job-splat.png"))
     assert js_errors(browser) == []
 

@@ -1,4 +1,5 @@
-/* A small own Gaussian-splat viewer: reads a 3DGS .ply (binary_little_endian, float
+/* The fallback splat preview, where WebGL2 is missing or Spark cannot load (viewer.js
+   decides and calls window.fieldboxSoftDot). A small own Gaussian-splat viewer: reads a 3DGS .ply (binary_little_endian, float
    properties x y z f_dc_0..2 opacity scale_0..2 ...) and draws every Gaussian as a round,
    soft-edged, alpha-blended sprite (colour from the SH DC term, size from its scale),
    sorted back to front. WebGL when the browser has it, else a 2D canvas. Drag to orbit,
@@ -155,15 +156,23 @@
       }, { passive: false });
       frame();
       el.dataset.gaussians = String(s.count);
-      el.dataset.renderer = renderer.name;
-      info.textContent = s.count + ' Gaussians (' + renderer.name + '); drag to orbit, scroll to zoom';
+      el.dataset.renderer = 'soft-dot';
+      el.dataset.backend = renderer.name;
+      el.dataset.state = 'ready';
+      info.textContent = s.count + ' Gaussians (soft-dot preview, ' + renderer.name + ', ' +
+        (el.dataset.fallbackReason || 'fallback') + '); drag to orbit, scroll to zoom';
     }).catch(function (err) {
       el.dataset.error = String(err.message || err);
       info.textContent = 'cannot show this splat: ' + (err.message || err);
     });
   }
 
+  window.fieldboxSoftDot = start;
+  // viewer.js may have asked before this file ran.
   document.addEventListener('DOMContentLoaded', function () {
-    document.querySelectorAll('[data-ply]').forEach(start);
+    document.querySelectorAll('[data-ply][data-fallback-pending]').forEach(function (el) {
+      delete el.dataset.fallbackPending;
+      start(el);
+    });
   });
 }());
