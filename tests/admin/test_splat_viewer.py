@@ -51,9 +51,9 @@ iterations = 600
 max_gaussians = 4000
 checkpoint_every = 1000
 """
-# Measured (docs/admin.md): Spark's render from three training poses against their own
-# photos 21.3, 21.9 and 18.0 dB; against the best of the other photos 14.5, 15.2 and
-# 11.1 dB. The floors sit below the first and well above the second.
+# Measured (docs/admin.md), three runs: Spark's render from three training poses against
+# their own photos 20.4-21.3, 20.4-22.4 and 17.3-18.0 dB; against the best of the other
+# photos 11.0-15.4 dB. The floors sit below the first and well above the second.
 MIN_PSNR_DB = 16.0
 MIN_MARGIN_DB = 4.0
 
