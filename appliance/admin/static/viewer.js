@@ -10,8 +10,6 @@
    A training camera can be chosen in the page's select, by `?camera=N`, or by
    `el.fieldboxView(N)` (tests). */
 
-const SOFT_DOT = 'soft-dot';
-
 function hasWebGL2() {
   try {
     return !!document.createElement('canvas').getContext('webgl2');
