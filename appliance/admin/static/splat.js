@@ -1,9 +1,9 @@
 /* The fallback splat preview, where WebGL2 is missing or Spark cannot load (viewer.js
    decides and calls window.fieldboxSoftDot). A small own Gaussian-splat viewer: reads a
    3DGS .ply (binary_little_endian, float properties x y z f_dc_0..2 opacity scale_0..2
-   ...) and draws every Gaussian as a round, soft-edged, alpha-blended sprite (colour from the SH DC term, size from its scale),
-   sorted back to front. WebGL when the browser has it, else a 2D canvas. Drag to orbit,
-   wheel or pinch to zoom. */
+   ...) and draws every Gaussian as a round, soft-edged, alpha-blended sprite (colour from
+   the SH DC term, size from its scale), sorted back to front. WebGL when the browser has
+   it, else a 2D canvas. Drag to orbit, wheel or pinch to zoom. */
 (function () {
   'use strict';
   var SH_C0 = 0.28209479177387814;
