@@ -120,3 +120,15 @@ bench-gateway: install $(LITELLM_STAMP)
 
 bench-gateway-quick: install $(LITELLM_STAMP)
 	$(BIN)/python bench/bench_gateway.py --quick --litellm-venv $(LITELLM_VENV)
+
+# tus ingest: fieldbox next to @tus/server 2.x + @tus/file-store (npm, in .bench-tus/).
+.PHONY: bench-tus
+TUS_PEER := .bench-tus
+TUS_PEER_STAMP := $(TUS_PEER)/.installed
+$(TUS_PEER_STAMP):
+	npm install --prefix $(TUS_PEER) --no-save --no-package-lock --no-audit --no-fund \
+	  --silent @tus/server@2.4.5 @tus/file-store@2.1.1
+	touch $(TUS_PEER_STAMP)
+
+bench-tus: install $(TUS_PEER_STAMP)
+	$(BIN)/python bench/bench_tus.py --peer-dir $(TUS_PEER)

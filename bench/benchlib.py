@@ -72,13 +72,27 @@ class RawHttp:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         if headers.get("transfer-encoding", "").lower() == "chunked":
-            raise BenchError("chunked responses are not supported by the bench client")
+            return HttpResponse(status, headers, self._read_chunked())
         length = 0 if method == "HEAD" else int(headers.get("content-length", "0"))
         while len(buf) < length:
             self._fill()
         body = bytes(buf[:length])
         del buf[:length]
         return HttpResponse(status, headers, body)
+
+    def _read_chunked(self) -> bytes:
+        # node's http server (the tus peer) sends bodies chunked; no trailers expected.
+        buf, body = self._buf, bytearray()
+        while True:
+            while (eol := buf.find(b"\r\n")) < 0:
+                self._fill()
+            size = int(bytes(buf[:eol]).split(b";")[0], 16)
+            while len(buf) < eol + 2 + size + 2:
+                self._fill()
+            body += buf[eol + 2 : eol + 2 + size]
+            del buf[: eol + 2 + size + 2]
+            if size == 0:
+                return bytes(body)
 
     def _fill(self) -> None:
         chunk = self.sock.recv(65536)

@@ -7,6 +7,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from benchlib import ApiServer, BenchError, expect_2xx
 
@@ -113,23 +114,28 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def tus_upload(server: ApiServer, data: bytes, chunk: int, filename: str) -> float:
-    """Seconds from POST /v1/uploads until the final PATCH's 204 (the asset exists then)."""
+def tus_upload(
+    server: ApiServer, data: bytes, chunk: int, filename: str, endpoint: str = "/v1/uploads"
+) -> float:
+    """Seconds from POST to the final PATCH's 204; on fieldbox the asset exists then.
+
+    `endpoint` other than fieldbox's names a stock tus server (the bench's peer): the same
+    requests, without fieldbox's location metadata and asset check.
+    """
+    fieldbox = endpoint == "/v1/uploads"
     conn = server.connect()
     view = memoryview(data)
     try:
         tus = {**server.auth(), "Tus-Resumable": "1.0.0"}
+        meta = f"filename {_b64(filename)}"
+        if fieldbox:
+            meta = f"location {_b64(LOCATION)},{meta}"
         t0 = time.perf_counter()
         resp = conn.request(
-            "POST",
-            "/v1/uploads",
-            {
-                **tus,
-                "Upload-Length": str(len(data)),
-                "Upload-Metadata": f"location {_b64(LOCATION)},filename {_b64(filename)}",
-            },
+            "POST", endpoint, {**tus, "Upload-Length": str(len(data)), "Upload-Metadata": meta}
         )
-        url = expect_2xx(resp, "POST /v1/uploads").headers["location"]
+        # A stock tus server answers with an absolute URL; the connection needs the path.
+        url = urlsplit(expect_2xx(resp, f"POST {endpoint}").headers["location"]).path
         offset = 0
         while offset < len(data):
             piece = view[offset : offset + chunk]
@@ -143,7 +149,7 @@ def tus_upload(server: ApiServer, data: bytes, chunk: int, filename: str) -> flo
             if int(resp.headers.get("upload-offset", "-1")) != offset:
                 raise BenchError(f"PATCH {url}: Upload-Offset {resp.headers.get('upload-offset')}")
         elapsed = time.perf_counter() - t0
-        if resp.status != 204 or "fieldbox-asset-id" not in resp.headers:
+        if resp.status != 204 or (fieldbox and "fieldbox-asset-id" not in resp.headers):
             raise BenchError(f"final PATCH gave {resp.status} without Fieldbox-Asset-Id")
         return elapsed
     finally:
