@@ -84,9 +84,12 @@ def run(rows: list[Row], rounds: int, run_dir: Path, peer_dir: Path) -> None:
         fieldbox.create_location(LOCATION)
         peer.start()
         for row in rows:
-            data = os.urandom(row.body)
+            body = bytearray(os.urandom(row.body))
             for r in range(rounds):
                 order = [fieldbox, peer] if r % 2 == 0 else [peer, fieldbox]
+                # A new blob each round, as bench_api.py does: no dedup shortcut on round 2.
+                body[:8] = r.to_bytes(8, "big")
+                data = bytes(body)
                 for server in order:
                     os.sync()
                     if server is fieldbox:
