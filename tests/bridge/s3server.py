@@ -13,7 +13,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
@@ -26,8 +26,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class S3Server(Protocol):
+    """What the tests need of a real S3 server process (moto's, or SeaweedFS's)."""
+
+    name: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """The endpoint URL clients use."""
+
+    def client(self, endpoint: str | None = None) -> object:
+        """A plain boto3 S3 client for checking what arrived."""
+
+
 class MotoServer:
     """`python -m moto.server` on 127.0.0.1, started and stopped by the tests."""
+
+    name = "moto"
 
     def __init__(self, log_dir: Path, port: int | None = None) -> None:
         self.port = port or _free_port()
@@ -104,7 +120,7 @@ def s3_env() -> dict[str, str]:
 class Bucket:
     """A fresh bucket on the session's server, and a boto3 client to look into it."""
 
-    server: MotoServer
+    server: S3Server
     name: str
     client: Any
 
