@@ -8,8 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.bridge.faultproxy import FaultProxy
 from tests.bridge.s3server import Bucket, S3Server, s3_env
 from tests.bridge.seaweed import SeaweedServer
+from tests.bridge.uploadbox import proxy_for
 
 pytest.importorskip("moto")
 
@@ -41,3 +43,9 @@ def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Bucket:
     client: object = s3_server.client()
     client.create_bucket(Bucket=name)  # type: ignore[attr-defined]
     return Bucket(s3_server, name, client)
+
+
+@pytest.fixture
+def s3_proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    """A fault proxy in front of `s3_server`."""
+    yield from proxy_for(s3_server)

@@ -3,8 +3,9 @@ torn apart, then started again: the object reaches S3 exactly once with our byte
 multipart upload is left behind, and the outbox row is closed once.
 
 The kill lands at a precise point without patching anything: the fault proxy between the
-daemon and moto forwards a chosen request in full and holds back S3's answer, so S3 has
-done the work while the daemon has not heard of it; the test then kills the real process.
+daemon and S3 (moto, then SeaweedFS) forwards a chosen request in full and holds back S3's
+answer, so S3 has done the work while the daemon has not heard of it; the test then kills
+the real process.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import hashlib
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.bridge.faultproxy import FaultProxy
-from tests.bridge.s3server import Bucket, MotoServer, s3_env, s3_toml
-from tests.bridge.uploadbox import MIB, Box, blob_bytes, crc, get, make_box, proxy_for
+from tests.bridge.s3server import Bucket, s3_env, s3_toml
+from tests.bridge.uploadbox import MIB, Box, blob_bytes, crc, get, make_box
 from tests.system.helpers import DaemonProc
 
 WAIT_S = 90.0  # an upper bound on waiting, never part of an assertion
@@ -39,12 +40,6 @@ TOML = (
     "concurrency = 1\nretry_base_s = 0.2\nretry_max_s = 1.0\npoll_s = 0.2\n"
     "[bridge.litestream]\nenabled = false\n"  # a killed daemon must leave no child behind
 )
-
-
-@pytest.fixture
-def proxy(moto_server: MotoServer) -> Iterator[FaultProxy]:
-    """A fault proxy in front of the session's moto server."""
-    yield from proxy_for(moto_server)
 
 
 def _until(what: str, check: Callable[[], Any], daemon: DaemonProc) -> Any:
@@ -80,8 +75,9 @@ def _parts(bucket: Bucket, upload: dict[str, Any]) -> set[int]:
     ],
 )
 def test_sigkill_of_the_daemon_then_restart_stores_the_object_once(
-    tmp_path: Path, bucket: Bucket, proxy: FaultProxy, point: str, pattern: str, nth: int
+    tmp_path: Path, s3_bucket: Bucket, s3_proxy: FaultProxy, point: str, pattern: str, nth: int
 ) -> None:
+    bucket, proxy = s3_bucket, s3_proxy
     # Versioning makes "exactly once" visible: any second write of the key is a version.
     bucket.client.put_bucket_versioning(
         Bucket=bucket.name, VersioningConfiguration={"Status": "Enabled"}
@@ -139,8 +135,9 @@ def test_sigkill_of_the_daemon_then_restart_stores_the_object_once(
     after = proxy.requests[before_restart:]
     created_again = any(re.search(CREATE, line) for line in after)
     if point == "mid-parts":
-        # The restart carried on with the upload its row named (moto's ListParts reports no
-        # part checksums, so against it every part is sent again; S3's are kept).
+        # The restart carried on with the upload its row named (moto's and SeaweedFS's
+        # ListParts report no part checksums, so against them every part is sent again;
+        # S3's are kept).
         assert not created_again, after
         sent = [line for line in after if re.search(PART, line) or re.search(COMPLETE, line)]
         assert sent and all(f"uploadId={stored_id}" in line for line in sent), after

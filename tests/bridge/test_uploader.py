@@ -1,4 +1,5 @@
-"""Blob uploads from the outbox to a real S3 API (moto's server): what arrives, and when."""
+"""Blob uploads from the outbox to a real S3 API (moto's server; the core cases on SeaweedFS
+too, through `s3_bucket`): what arrives, and when."""
 
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ def proxy(moto_server: MotoServer) -> Iterator[FaultProxy]:
 
 
 def test_blobs_of_every_size_arrive_once_with_their_metadata(
-    tmp_path: Path, bucket: Bucket, proxy: FaultProxy
+    tmp_path: Path, s3_bucket: Bucket, s3_proxy: FaultProxy
 ) -> None:
+    bucket, proxy = s3_bucket, s3_proxy
     box = make_box(tmp_path, proxy.url, bucket.name)
     sizes = [0, 3, 100_000, 5 * MIB - 1, 5 * MIB, 12 * MIB + 7]  # the last two go in parts
     datas = [blob_bytes(n, i) for i, n in enumerate(sizes)]
@@ -84,7 +86,8 @@ def test_blobs_of_every_size_arrive_once_with_their_metadata(
     assert box.drain().done == 0  # nothing left due: a further pass sends nothing
 
 
-def test_existing_objects_are_kept_and_never_overwritten(tmp_path: Path, bucket: Bucket) -> None:
+def test_existing_objects_are_kept_and_never_overwritten(tmp_path: Path, s3_bucket: Bucket) -> None:
+    bucket = s3_bucket
     box = make_box(tmp_path, bucket.endpoint, bucket.name)
     same = box.add(blob_bytes(50_000, 1), "same.bin")
     small = box.add(blob_bytes(60_000, 2), "small.bin")

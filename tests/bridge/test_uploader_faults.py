@@ -81,8 +81,9 @@ def test_sigkill_mid_multipart_then_restart_stores_the_object_once(
 
 
 def test_blobs_cross_a_slow_distant_link_intact(
-    tmp_path: Path, bucket: Bucket, proxy: FaultProxy
+    tmp_path: Path, s3_bucket: Bucket, s3_proxy: FaultProxy
 ) -> None:
+    bucket, proxy = s3_bucket, s3_proxy
     # 40 ms round trips and one 8 MB/s uplink that every connection shares, as a field
     # office's; small, single-PUT and multipart blobs.
     rate = 8_000_000

@@ -23,7 +23,7 @@ from store.locations import Location, Locations
 from store.outbox import Outbox
 from store.paths import Layout
 from tests.bridge.faultproxy import FaultProxy
-from tests.bridge.s3server import Bucket, MotoServer, s3_toml
+from tests.bridge.s3server import Bucket, S3Server, s3_toml
 from tests.conftest import make_config
 
 MIB = 1024 * 1024
@@ -97,9 +97,9 @@ def blob_bytes(size: int, seed: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def proxy_for(moto_server: MotoServer) -> Iterator[FaultProxy]:
-    """A fault proxy in front of the session's moto server, stopped afterwards."""
-    p = FaultProxy("127.0.0.1", moto_server.port).start()
+def proxy_for(server: S3Server) -> Iterator[FaultProxy]:
+    """A fault proxy in front of one of the session's S3 servers, stopped afterwards."""
+    p = FaultProxy("127.0.0.1", server.port).start()
     yield p
     p.stop()
 
