@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,8 +81,10 @@ class BlobSender:
         skipped: Callable[[int], None],
         overhead: Callable[[int], None],
         asset_grace_s: float,
+        ready: Callable[[Calls], Awaitable[None]] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.ready = ready  # raises when the S3 server may not be uploaded to (s3probe.py)
         self.layout = layout
         self.locs = locs
         self.outbox = outbox
@@ -119,6 +121,8 @@ class BlobSender:
             await self._close(item, "blob file is gone from the box; nothing to upload")
             return "closed"
         meta = object_metadata(asset)
+        if self.ready is not None:
+            await self.ready(calls)
         if size >= self.cfg.upload.multipart_threshold_bytes:
             sent = await self._large(calls, item, path, key, size, meta)
         else:
@@ -173,7 +177,7 @@ class BlobSender:
                 if code in ("PreconditionFailed", "412"):
                     return Sent("already there", crc, verify=True, after_upload=False)
                 if not code:
-                    await _refusal_behind(calls, key)
+                    await refusal_behind(calls, key)
                 raise
         return Sent("uploaded", crc, verify=True)
 
@@ -249,7 +253,7 @@ class BlobSender:
         log.warning("outbox_row_closed", item=item.id, asset=item.asset_id, note=note)
 
 
-async def _refusal_behind(calls: Calls, key: str) -> None:
+async def refusal_behind(calls: Calls, key: str) -> None:
     """Raise S3's refusal if that is what a small PUT's broken connection hid.
 
     Small PUTs do not wait for "100 Continue", so S3 may refuse one (bad keys, no access)

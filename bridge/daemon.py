@@ -131,10 +131,14 @@ class Bridge:
         from bridge.restore import last_drill
 
         backlog = self.outbox.backlog()
+        remote, check = self.remote, self.uploader.server_check
+        if remote == "ok" and check is not None and check.missing:
+            # Reachable, but not a server the bridge may upload to (bridge/s3probe.py).
+            remote = "S3 server lacks what the bridge needs: " + "; ".join(check.missing)
         return {
             "pid": os.getpid(),
             "started_at": self.started_at,
-            "remote": self.remote,
+            "remote": remote,
             "uploads_allowed": self.upload_allowed(),
             "outbox": {
                 "items": backlog.items,

@@ -30,6 +30,7 @@ from bridge import s3
 from bridge.blobsend import BlobSender
 from bridge.config import BridgeConfig
 from bridge.multipart import sweep_orphans
+from bridge.s3probe import ServerCheck, check_server, lacking
 from bridge.throttle import Throttle
 from bridge.transfer import Calls, readable
 from store.locations import Locations
@@ -114,6 +115,10 @@ class Uploader:
         self._remote_failures = 0
         self._retry_at: float | None = None
         self._window_waits = 0  # polls that found the sync window closed and sent nothing
+        # What the S3 server was found to do (bridge/s3probe.py), checked before the first
+        # blob of a run; until it passes, each pass checks again (one check per pass).
+        self.server_check: ServerCheck | None = None
+        self._checking: asyncio.Task[None] | None = None
 
     def status(self) -> dict[str, Any]:
         """What /health shows: target, state, in flight, bytes sent, last error."""
@@ -134,6 +139,7 @@ class Uploader:
             "last_error": self._last_error,
             "last_error_at": self._last_error_at,
             "retry_at": self._retry_at,
+            "server_check": self.server_check.status() if self.server_check else None,
         }
 
     async def run(self, stop: asyncio.Event, gate: Callable[[], bool]) -> None:
@@ -209,7 +215,7 @@ class Uploader:
         sender = BlobSender(
             self.cfg, self.layout, self.locs, self.outbox, self.throttle,
             asyncio.Semaphore(concurrency), tally.sent, tally.skipped, tally.overhead,
-            self.asset_grace_s,
+            self.asset_grace_s, self._server_ready,
         )  # fmt: skip
         locks = _RowLocks(self.layout)
         try:
@@ -227,6 +233,9 @@ class Uploader:
             self._note_error(str(err))
         finally:
             locks.close()
+            if self._checking is not None and not self._checking.done():
+                self._checking.cancel()
+            self._checking = None
             if not keep_client or result.error is not None:
                 await self._drop_client()  # a fresh client re-reads credentials and DNS
         if result.error is not None:
@@ -239,6 +248,28 @@ class Uploader:
             self._retry_at = None
         self._state = "idle"
         return result
+
+    async def _server_ready(self, calls: Calls) -> None:
+        """Return once the S3 server passed its check; raise what it lacks otherwise.
+
+        The rows of a pass share one check: the first row starts it, the others wait for
+        it (shielded, so one row cancelled does not cancel it for the rest).
+        """
+        if self.server_check is not None and not self.server_check.missing:
+            return
+        if self._checking is None:
+            self._checking = asyncio.create_task(self._check_server(calls))
+        await asyncio.shield(self._checking)
+
+    async def _check_server(self, calls: Calls) -> None:
+        check = await check_server(calls, self.cfg.s3)
+        self.server_check = check
+        for note in check.notes:
+            self.log.warning("s3_server_note", target=self.status()["remote"], note=note)
+        if check.missing:
+            self.log.error("s3_server_lacks", target=self.status()["remote"], missing=check.missing)
+            raise lacking(self.cfg.s3, check)
+        self.log.info("s3_server_checked", target=self.status()["remote"])
 
     async def _open_client(self) -> Any:
         if self._client is None:

@@ -135,7 +135,7 @@ def test_uploads_wait_for_the_window_stop_when_it_closes_and_resume_reusing_part
     allowed = False
 
     def parts_in_s3() -> list[dict[str, Any]]:
-        ups = bucket.multipart_uploads()
+        ups = [u for u in bucket.multipart_uploads() if "/blobs/" in u["Key"]]
         if not ups:
             return []
         found = bucket.client.list_parts(
@@ -183,7 +183,7 @@ def test_uploads_wait_for_the_window_stop_when_it_closes_and_resume_reusing_part
             for p in out.get("Parts", []):
                 start = (p["PartNumber"] - 1) * 5 * MIB
                 p["ChecksumCRC64NVME"] = crc(data[start : start + p["Size"]])
-        if op == "upload_part":
+        if op == "upload_part" and "/blobs/" in kw["Key"]:  # not the server check's
             sent.append(kw["PartNumber"])
         return out
 
