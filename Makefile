@@ -72,7 +72,7 @@ bench-quick: install
 bench-jobs: install
 	$(BIN)/python bench/bench_jobs.py
 
-# Blob uploads: the bridge next to boto3's TransferManager on a local moto S3 server.
+# Blob uploads: the bridge next to boto3's TransferManager, on moto and on SeaweedFS.
 .PHONY: bench-bridge
 bench-bridge: install
 	$(BIN)/python bench/bench_bridge.py

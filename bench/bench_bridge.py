@@ -1,22 +1,24 @@
-"""The bridge's blob uploads next to boto3's TransferManager, against one moto S3 server.
+"""The bridge's blob uploads next to boto3's TransferManager, on two real S3 servers.
 
     .venv/bin/python bench/bench_bridge.py [--quick] [--link RTT_MS:MB_PER_S | --link off]
-                                           [--profile]
+                                           [--servers moto,seaweedfs] [--profile]
 
-Both upload the same files with the same concurrency and part size, into different
-prefixes of one bucket on a moto server this script starts on a free port: a batch of
-small blobs (one PutObject each), then a few large ones (multipart). The bridge runs as
-the daemon runs it (`Uploader.run`, client and modules warm); TransferManager runs twice,
-as `upload_file` does by default (CRC32) and with `ChecksumAlgorithm=CRC64NVME`, the
-full-object checksum the bridge uses.
+All upload the same files with the same concurrency and part size, into different
+prefixes of one bucket on each server this script starts on free ports (moto, then
+SeaweedFS's `weed mini`): a batch of small blobs (one PutObject each), then a few large
+ones (multipart). The bridge runs as the daemon runs it (`Uploader.run`, client and
+modules warm, its S3 server check done on a warm-up blob); TransferManager runs three
+times: as `upload_file` does by default (CRC32), with `ChecksumAlgorithm=CRC64NVME`, the
+full-object checksum the bridge uses, and with that plus a HeadObject per file comparing
+size and CRC64NVME (TM+CRC64+HEAD: the bridge's own verification, the target's baseline).
+Each set runs ROUNDS times with fresh contents, the order alternating; ratios are the
+median of the per-round ratios (bridge_table.py).
 
-Two scenarios, one after the other, on the same server:
-- loopback: straight to moto. moto is the bottleneck here: it closes the connection after
-  every request and spends 2-3 ms of CPU on each, on the same two cores as the clients.
-  The bridge sends two requests per small blob (the PUT and the verifying HEAD the issue
-  requires) where TransferManager sends one, so for each set the table also prints moto's
-  CPU seconds per side and the ceiling that puts on the bridge: TransferManager's wall
-  time over the bridge's moto CPU time (moto runs Python under one GIL).
+Two scenarios per server, one after the other:
+- loopback: straight to the server. On moto the server is the bottleneck: it closes the
+  connection after every request and spends 3-4 ms of CPU on each, on the same two cores
+  as the clients, so only a baseline that sends the same requests is a fair one. The
+  table prints the server's CPU seconds for the bridge's and TM+CRC64+HEAD's requests.
 - link: through the tests' fault proxy (a process of its own) as a field office's
   uplink: a round-trip delay and one upload rate shared by all connections (default
   40 ms, 8 MB/s). The link is the bottleneck, as it is on a real box.
@@ -41,12 +43,13 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bridge_table import UPLOADERS, Run, Timing, print_table
 
 from appliance.config import LogConfig, parse_config
 from appliance.observe import configure_logging
@@ -59,6 +62,7 @@ from store.locations import Location, Locations
 from store.outbox import Outbox
 from store.paths import Layout
 from tests.bridge.s3server import MotoServer, s3_env, s3_toml
+from tests.bridge.seaweed import SeaweedServer
 from tests.conftest import free_port
 
 MIB = 1024 * 1024
@@ -66,7 +70,8 @@ CONCURRENCY = 4
 PART = 8 * MIB
 THRESHOLD = 16 * MIB
 BUCKET = "bench-bridge"
-REPEAT = 2
+ROUNDS = 3
+Server = MotoServer | SeaweedServer
 Row = tuple[str, str, str, bool]
 SETS = {  # scenario -> quick?  -> [(name, count, size)]
     "loopback": {
@@ -78,31 +83,6 @@ SETS = {  # scenario -> quick?  -> [(name, count, size)]
         False: [("small", 100, 64 * 1024), ("large", 2, 24 * MIB)],
     },
 }
-
-
-@dataclass
-class Run:
-    """One uploader's best run over a set: wall seconds, and the CPU seconds of that run."""
-
-    wall: float = float("inf")
-    client_cpu: float = 0.0  # this process: the uploader
-    server_cpu: float = 0.0  # the moto process
-
-
-# The uploaders side by side: the bridge, then TransferManager as `upload_file` runs it
-# (CRC32), with the bridge's checksum, and with that checksum plus a HeadObject per file
-# afterwards, comparing size and CRC64NVME: the same verification the bridge does.
-UPLOADERS = ("bridge", "TM", "TM+CRC64", "TM+CRC64+HEAD")
-
-
-@dataclass
-class Timing:
-    """One set of files in one scenario: the best run of each uploader."""
-
-    scenario: str
-    label: str
-    nbytes: int
-    runs: dict[str, Run]
 
 
 def process_cpu(pid: int) -> float:
@@ -247,9 +227,9 @@ def link_proxy(upstream: int, link: tuple[float, float]) -> Iterator[str]:
 
 
 async def _timed(run: Callable[[], Awaitable[float]], server_pid: int) -> Run:
-    cpu, moto = time.process_time(), process_cpu(server_pid)
+    cpu, server = time.process_time(), process_cpu(server_pid)
     wall = await run()
-    return Run(wall, time.process_time() - cpu, process_cpu(server_pid) - moto)
+    return Run(wall, time.process_time() - cpu, process_cpu(server_pid) - server)
 
 
 async def _round(
@@ -273,30 +253,30 @@ async def _round(
 
 
 async def _scenario(
-    name: str, tmp: Path, endpoint: str, server_pid: int, quick: bool,
+    server: str, name: str, tmp: Path, endpoint: str, server_pid: int, quick: bool,
     profile: cProfile.Profile | None,
 ) -> list[Timing]:  # fmt: skip
-    side = BridgeSide(tmp / f"data-{name}", endpoint)
+    side = BridgeSide(tmp / f"data-{server}-{name}", endpoint)
     stop = asyncio.Event()
     daemon = asyncio.create_task(side.uploader.run(stop, lambda: side.open))
     rows: list[Timing] = []
     try:
-        await side.upload(make_files(tmp / "files", 1, 1024, f"warmup-{name}"), None)
+        await side.upload(make_files(tmp / "files", 1, 1024, f"warmup-{server}-{name}"), None)
         for kind, count, size in SETS[name][quick]:
-            # Best of REPEAT, taking turns, each round with new contents: the box's other
-            # tenants and moto's own pauses make single runs noisy.
-            best = {name: Run() for name in UPLOADERS}
-            for r in range(REPEAT):
-                files = make_files(tmp / "files", count, size, f"{name}-{kind}{r}")
-                # The order alternates: no uploader always meets the fresher server.
-                runs = await _round(
+            label = (
+                f"{count} x {size // MIB} MiB" if size >= MIB else f"{count} x {size // 1024} KiB"
+            )
+            timing = Timing(server, name, label, count * size)
+            for r in range(ROUNDS):
+                # New contents each round; the order alternates, so no uploader always
+                # meets the fresher server (or the quieter machine).
+                files = make_files(tmp / "files", count, size, f"{server}-{name}-{kind}{r}")
+                timing.rounds.append(await _round(
                     side, endpoint, files, f"{name}{r}", server_pid, profile, reverse=r % 2 == 1
-                )
-                best = {n: min(best[n], runs[n], key=lambda x: x.wall) for n in UPLOADERS}
+                ))  # fmt: skip
                 for f in files:
                     f.unlink()
-            label = f"{count} x {size // 1024} KiB"
-            rows.append(Timing(name, label, count * size, best))
+            rows.append(timing)
     finally:
         stop.set()
         await daemon
@@ -304,16 +284,38 @@ async def _scenario(
 
 
 async def _measure(
-    tmp: Path, server: MotoServer, quick: bool, link: tuple[float, float] | None,
+    tmp: Path, server: Server, quick: bool, link: tuple[float, float] | None,
     profile: cProfile.Profile | None,
 ) -> list[Timing]:  # fmt: skip
     assert server.proc is not None
     pid = server.proc.pid
-    rows = await _scenario("loopback", tmp, server.url, pid, quick, profile)
+    rows = await _scenario(server.name, "loopback", tmp, server.url, pid, quick, profile)
     if link is not None:
         with link_proxy(server.port, link) as url:
-            rows += await _scenario("link", tmp, url, pid, quick, None)
+            rows += await _scenario(server.name, "link", tmp, url, pid, quick, None)
     return rows
+
+
+def start_server(name: str, tmp: Path) -> Server:
+    """One of the S3 servers, started on free loopback ports, with the bench's bucket."""
+    server: Server = (
+        MotoServer(tmp) if name == "moto" else SeaweedServer(tmp / "seaweedfs")
+    ).start()
+    client: Any = server.client()
+    client.create_bucket(Bucket=BUCKET)
+    return server
+
+
+def server_version(name: str) -> str:
+    """The version of a server the bench ran, for the table's title."""
+    if name == "moto":
+        from importlib.metadata import version
+
+        return f"moto {version('moto')}"
+    from tests.bridge.seaweed import weed_binary, weed_version
+
+    binary = weed_binary()
+    return f"SeaweedFS {weed_version(binary) if binary else '?'}"
 
 
 def litestream_rows() -> list[Row]:
@@ -335,38 +337,41 @@ def parse_link(text: str) -> tuple[float, float] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run both uploaders on small and large blobs, on loopback and over a link; print ratios."""
+    """Run every uploader on small and large blobs, per server, on loopback and over a link."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer and smaller blobs")
     parser.add_argument("--link", default="40:8", help="RTT_MS:MB_PER_S of the link, or off")
+    parser.add_argument("--servers", default="moto,seaweedfs", help="comma-separated")
     parser.add_argument("--profile", action="store_true", help="cProfile the bridge's uploads")
     args = parser.parse_args(argv)
     link = parse_link(args.link)
+    servers = [s for s in args.servers.split(",") if s]
+    if not servers or set(servers) - {"moto", "seaweedfs"}:
+        parser.error("--servers takes moto and/or seaweedfs")
     os.environ.update(s3_env())
     # The daemon's JSON logs, warnings only: one info line per blob would bury the table.
     configure_logging(LogConfig(level="warning", format="json"), "bench")
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
-    server = MotoServer(tmp).start()
     profile = cProfile.Profile() if args.profile else None
     rows: list[Timing] = []
     try:
-        client: Any = server.client()
-        client.create_bucket(Bucket=BUCKET)
-        rows = asyncio.run(_measure(tmp, server, args.quick, link, profile))
+        for name in servers:
+            server = start_server(name, tmp)
+            try:
+                rows += asyncio.run(_measure(tmp, server, args.quick, link, profile))
+            finally:
+                server.stop()
     finally:
-        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.monotonic() - started
-    print(f"\nbridge uploads vs boto3 TransferManager, concurrency {CONCURRENCY}, "
-          f"{PART // MIB} MiB parts, best of {REPEAT} ({elapsed:.0f} s)")  # fmt: skip
-    for scenario in dict.fromkeys(r.scenario for r in rows):
-        mine = [r for r in rows if r.scenario == scenario]
-        if scenario == "link" and link is not None:
-            title = f"link: {link[0] * 1000:g} ms round trip, {link[1] / 1e6:g} MB/s uplink"
-        else:
-            title = "loopback: straight to moto"
-        _table(title, [*mine, _total(mine)])
+    where = ", ".join(server_version(n) for n in servers)
+    linked = (
+        f"; link: {link[0] * 1000:g} ms round trip, {link[1] / 1e6:g} MB/s uplink" if link else ""
+    )
+    print_table(rows, f"bridge uploads vs boto3 TransferManager on {where}{linked}; "
+                f"concurrency {CONCURRENCY}, {PART // MIB} MiB parts, {ROUNDS} rounds "
+                f"({elapsed:.0f} s)")  # fmt: skip
     extra = litestream_rows()
     if extra:
         print(f"\n{'measure':44} {'value':>10} {'target':>10}  verdict")
@@ -379,32 +384,6 @@ def main(argv: list[str] | None = None) -> int:
         ).print_stats(40)
         print(out.getvalue())
     return 0
-
-
-def _total(rows: list[Timing]) -> Timing:
-    def add(runs: list[Run]) -> Run:
-        fields = ("wall", "client_cpu", "server_cpu")
-        return Run(*(sum(getattr(r, f) for r in runs) for f in fields))
-
-    runs = {name: add([r.runs[name] for r in rows]) for name in UPLOADERS}
-    return Timing(rows[0].scenario, "all", sum(r.nbytes for r in rows), runs)
-
-
-def _table(title: str, rows: list[Timing]) -> None:
-    print(f"\n{title}: MB/s, and the bridge's rate as a share of each baseline's")
-    head = "".join(f" {n:>13} {'ratio':>5}" for n in UPLOADERS[1:])
-    print(f"{'blobs':14} {'bridge':>7}{head}  {'moto CPU s':>11} {'ceiling':>7}  verdict")
-    for t in rows:
-        mbs = {n: t.nbytes / r.wall / 1e6 for n, r in t.runs.items()}
-        cells = "".join(f" {mbs[n]:>13.1f} {mbs['bridge'] / mbs[n]:>5.0%}" for n in UPLOADERS[1:])
-        bridge, tm = t.runs["bridge"], t.runs["TM"]
-        # The fastest the bridge could go if only moto's CPU time for its requests counted.
-        ceiling = tm.wall / bridge.server_cpu if bridge.server_cpu else float("inf")
-        cpu = f"{bridge.server_cpu:.2f}/{tm.server_cpu:.2f}"
-        verdict = "PASS" if mbs["bridge"] >= mbs["TM"] else "MISS"
-        print(f"{t.label:14} {mbs['bridge']:>7.1f}{cells}  {cpu:>11} {ceiling:>7.0%}  {verdict}")
-    print("(verdict: bridge >= TM; moto CPU s: bridge/TM; ceiling: TM's time over the moto "
-          "CPU time of the bridge's requests)")  # fmt: skip
 
 
 if __name__ == "__main__":
