@@ -153,13 +153,22 @@ def serve_worker(ctx: Context, undrain: bool) -> None:
     import signal
     import threading
 
+    from appliance.niceness import apply_worker_priority
+
+    cfg = ctx.cfg
+    # First, before any thread exists: threads inherit the niceness of their creator.
+    priority = apply_worker_priority(cfg.worker)
+
     from appliance.observe import configure_logging
     from appliance.worker import Worker
     from appliance.workers import clear_drain
     from store.paths import Layout
 
-    cfg = ctx.cfg
     configure_logging(cfg.log, "worker")
+    if priority:
+        import structlog
+
+        structlog.get_logger("fieldbox.worker").info("worker_priority", **priority)
     if undrain:
         clear_drain(Layout(cfg.data_dir))
     stop = threading.Event()

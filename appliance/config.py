@@ -75,6 +75,11 @@ class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     auto_enqueue_capture: bool = False
     """An upload with kind=capture queues a perception and a splat job for it."""
 
+    nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 10
+    """Niceness the worker process (every thread of it) runs at: jobs take the CPU the api,
+    the gateway and the bridge leave idle, so a splat job does not slow CAS writes or
+    time-to-first-token (bench/bench_mixed.py). 0 keeps the niceness it was started with."""
+
 
 class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The `[admin]` section: the local admin page at `/admin` on the api's port."""
