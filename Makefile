@@ -132,3 +132,12 @@ $(TUS_PEER_STAMP):
 
 bench-tus: install $(TUS_PEER_STAMP)
 	$(BIN)/python bench/bench_tus.py --peer-dir $(TUS_PEER)
+
+# The box under mixed load: N crew devices against a real box (api, gateway with llama.cpp,
+# worker, bridge on moto), idle and while a splat job trains (about 10 min; quick about 4).
+.PHONY: bench-mixed bench-mixed-quick
+bench-mixed: install
+	$(BIN)/python bench/bench_mixed.py
+
+bench-mixed-quick: install
+	$(BIN)/python bench/bench_mixed.py --quick
