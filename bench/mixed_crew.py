@@ -277,8 +277,11 @@ def chat_loop(p: Phase, dev: int, tally: Tally) -> None:
             counted.failures.append(f"chat: {type(exc).__name__}: {exc}")
             _drop(conn)
             conn = None
+        # Past the gateway's keep-alive (uvicorn's 5 s) an idle connection is closed by
+        # the server, as HTTP allows; a phone asking again later opens a new one.
+        _drop(conn)
+        conn = None
         time.sleep(p.chat_think_s * random.uniform(0.5, 1.5))
-    _drop(conn)
 
 
 def _drop(conn: Conn | None) -> None:
