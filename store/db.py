@@ -116,11 +116,20 @@ class Database:
         return sqlite_utils.Database(self._writer)
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT); rolled back on any error."""
+    def write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT); rolled back on any error.
+
+        `durable=False` commits without fsyncing the WAL (synchronous=NORMAL): other
+        connections see it at once and it survives a killed process, but a power loss may roll
+        it back, with every such commit since the WAL's last fsync (the next durable commit
+        or checkpoint syncs them all). NORMAL, not OFF: an autocheckpoint this commit runs
+        still fsyncs before it reuses the WAL, so earlier durable commits stay durable.
+        """
         with self._lock:
             conn = self._writer
             try:
+                if not durable:
+                    conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("BEGIN IMMEDIATE")
                 yield conn
                 conn.execute("COMMIT")
@@ -130,6 +139,9 @@ class Database:
                 if is_disk_full(exc):
                     raise DiskFull("no space left on the data disk; nothing was written") from exc
                 raise
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous = FULL")
             self._bound_wal()
 
     def run(self, op: Operation[T]) -> T:

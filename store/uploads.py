@@ -30,6 +30,9 @@ UPLOAD_MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX uploads_expiry ON uploads (expires_at)
     """,
+    # Set durably when a PATCH with Upload-Checksum starts, cleared by the next offset
+    # commit: after a power loss, bytes past it were never verified (store/upload_recovery.py).
+    "ALTER TABLE uploads ADD COLUMN unverified_from INTEGER",
 )
 
 _COLUMNS = (
@@ -103,6 +106,11 @@ class Uploads:
         self.layout = layout
         layout.uploads_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(layout.uploads_db, cfg, UPLOAD_MIGRATIONS)
+        from store.upload_recovery import recover_after_reboot
+
+        # Offsets are committed lazily (see commit_offset): after a reboot, the part files
+        # are the record. Every process that opens the sessions checks, before it uses them.
+        recover_after_reboot(self)
 
     def create(
         self,
@@ -181,7 +189,15 @@ class Uploads:
 
     @contextmanager
     def locked_part(self, upload: Upload) -> Iterator[IO[bytes]]:
-        """The part file opened for appending at the acknowledged offset, locked exclusively.
+        """The part file opened for appending at the acknowledged offset, locked exclusively."""
+        with self.locked_session(upload) as (fh, _):
+            yield fh
+
+    @contextmanager
+    def locked_session(self, upload: Upload) -> Iterator[tuple[IO[bytes], Upload]]:
+        """`locked_part`'s file and the session as read under its lock (no second read).
+
+        The file is opened for appending at the acknowledged offset and locked exclusively.
 
         The lock is an flock: it spans processes and dies with a killed process. It is held
         through finalize too, while the part file moves into the blob store, so a request
@@ -204,9 +220,11 @@ class Uploads:
                 # Opened just before the holder moved it into the blob store: never touch it.
                 raise PartMissing(f"upload {upload.id!r} has no data file")
             fresh = self.get(upload.id)  # re-read under the lock
-            fh.truncate(fresh.offset)
+            # Only when a cut-off PATCH left bytes past it: most PATCHes skip the syscall.
+            if os.fstat(fh.fileno()).st_size != fresh.offset:
+                fh.truncate(fresh.offset)
             fh.seek(fresh.offset)
-            yield fh
+            yield fh, fresh
         finally:
             fh.close()
 
@@ -223,18 +241,40 @@ class Uploads:
                 return True
             return False
 
-    def commit_offset(self, upload_id: str, old: int, new: int, now: float | None = None) -> None:
+    def commit_offset(
+        self,
+        upload_id: str,
+        old: int,
+        new: int,
+        now: float | None = None,
+        *,
+        durable: bool = True,
+    ) -> float:
         """Record that bytes up to `new` are durable (the part file was fsynced first).
 
-        The expiry moves with them: a session expires its ttl (fixed at creation) after the
-        last byte it received, so a long upload over a slow link never expires while moving.
+        Returns the new expiry. It moves with the bytes: a session expires its ttl (fixed at
+        creation) after the last byte it received, so a long upload over a slow link never
+        expires while moving. `durable=False` skips the WAL's fsync: the fsynced part file
+        already holds the bytes, a killed process keeps the row (it is in the OS's page
+        cache), and after a power loss `recover_after_reboot` reads the offset from the file.
         """
         now = time.time() if now is None else now
+        with self.db.write(durable=durable) as conn:
+            rows = conn.execute(
+                "UPDATE uploads SET offset = ?, expires_at = ? + (expires_at - created_at), "
+                "unverified_from = NULL WHERE id = ? AND offset = ? RETURNING expires_at",
+                (new, now, upload_id, old),
+            ).fetchall()
+            if len(rows) != 1:
+                raise Conflict(f"upload {upload_id!r} moved on while this request wrote to it")
+        return float(rows[0][0])
+
+    def mark_unverified(self, upload_id: str, offset: int) -> None:
+        """Durably note that bytes from `offset` on await a PATCH's Upload-Checksum verdict."""
         with self.db.write() as conn:
             cur = conn.execute(
-                "UPDATE uploads SET offset = ?, expires_at = ? + (expires_at - created_at) "
-                "WHERE id = ? AND offset = ?",
-                (new, now, upload_id, old),
+                "UPDATE uploads SET unverified_from = ? WHERE id = ? AND offset = ?",
+                (offset, upload_id, offset),
             )
             if cur.rowcount != 1:
                 raise Conflict(f"upload {upload_id!r} moved on while this request wrote to it")

@@ -207,13 +207,11 @@ async def _append(
     try:
         # Receiving and finishing both happen under the upload's lock, so a DELETE, the
         # sweeper or a second PATCH meanwhile gets 423, never a half-finished upload.
-        with svc.uploads.locked_part(up) as fh:
-            current = svc.uploads.get(up.id)
+        with svc.uploads.locked_session(up) as (fh, current):
             if offset != current.offset:
                 raise tus.tus_error(409, f"Upload-Offset {offset} does not match {current.offset}")
             if not current.complete:
-                await _receive(request, svc, current, fh, checksum)
-                current = svc.uploads.get(up.id)
+                current = await _receive(request, svc, current, fh, checksum)
             if current.complete and current.asset_id is None:
                 current = await _finish(svc, current)
             return current
@@ -238,8 +236,13 @@ async def _receive(
     up: Upload,
     fh: Any,
     checksum: tuple[str, bytes] | None,
-) -> None:
+) -> Upload:
+    """Receive, fsync and record one body; the session as it stands after it."""
     start = up.offset
+    if checksum is not None:
+        # Before any byte lands: after a power loss, recovery must not count this chunk's
+        # bytes unless it was verified (store/upload_recovery.py).
+        await in_thread(svc.uploads.mark_unverified, up.id, start)
     known = svc.upload_hashes.get(up.id)
     whole = (
         known[1].copy()
@@ -248,6 +251,23 @@ async def _receive(
     )
     chunk_hash = tus.CHECKSUM_ALGORITHMS[checksum[0]]() if checksum else None
     writer = PartWriter(fh, [h for h in (whole, chunk_hash) if h is not None])
+    result: tus.ChunkResult | None = None
+    expires: float | None = None
+
+    def record() -> float | None:
+        # On the writer's thread, right after its fsync: no second hop for the commit.
+        assert result is not None
+        if result.received == 0:
+            return None
+        if chunk_hash is not None and (
+            not result.complete or checksum is None or chunk_hash.digest() != checksum[1]
+        ):
+            return None  # rejected below: the bytes are cut off, the offset stays
+        new = start + result.received
+        # The fsynced part file holds the bytes; the row needs no fsync of its own, except
+        # to clear a checksum PATCH's durable mark (store/upload_recovery.py).
+        return svc.uploads.commit_offset(up.id, start, new, durable=chunk_hash is not None)
+
     try:
         try:
             result = await tus.receive_into(
@@ -258,7 +278,8 @@ async def _receive(
                 stopping=svc.stopping.is_set,
             )
         finally:
-            await writer.finish()  # every queued byte written and fsynced, or its error
+            # Every queued byte written and fsynced, then the offset recorded; or the error.
+            expires = await writer.finish(record if result is not None else None)
     except OSError as exc:
         _rewind(fh, start)
         if is_disk_full(exc):
@@ -267,6 +288,7 @@ async def _receive(
     except ApiError:
         _rewind(fh, start)
         raise
+    assert result is not None  # receive_into returned
     if (
         chunk_hash is not None
         and checksum is not None
@@ -279,13 +301,14 @@ async def _receive(
             "checksum_mismatch",
         )
     new = start + result.received
-    if new != start:
-        await in_thread(svc.uploads.commit_offset, up.id, start, new)
-        svc.metrics.upload_bytes.inc(result.received)
     if whole is not None:
         svc.upload_hashes[up.id] = (new, whole)
     else:
         svc.upload_hashes.pop(up.id, None)
+    if expires is None:
+        return up
+    svc.metrics.upload_bytes.inc(result.received)
+    return msgspec.structs.replace(up, offset=new, expires_at=expires)
 
 
 def _rewind(fh: Any, offset: int) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from tests.system.helpers import (
     check_databases,
     client,
     create_location,
+    sha256,
     tus_create,
     tus_finish,
     tus_offset,
@@ -29,11 +32,11 @@ from tests.system.helpers import (
 KIB = 1024
 
 
-def _patch_head(url: str, token: str, length: int) -> bytes:
-    """The head of a raw tus PATCH at offset 0 announcing `length` bytes (for raw sockets)."""
+def _patch_head(url: str, token: str, length: int, offset: int = 0) -> bytes:
+    """The head of a raw tus PATCH at `offset` announcing `length` bytes (for raw sockets)."""
     return (
         f"PATCH {url} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-        f"Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: {OCTETS}\r\n"
+        f"Tus-Resumable: 1.0.0\r\nUpload-Offset: {offset}\r\nContent-Type: {OCTETS}\r\n"
         f"Content-Length: {length}\r\n\r\n"
     ).encode()
 
@@ -214,3 +217,90 @@ def test_sigterm_during_patch(start_server: StartServer, token: str) -> None:
         assert f"upload-offset: {offset}".encode() in answer.lower()
         assert asset_bytes(c, tus_finish(c, url, data)) == data
     assert check_blobs(second.data_dir) == 1
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_kill9_mid_patch_keeps_every_ack(start_server: StartServer, token: str) -> None:
+    """kill -9 while a PATCH is half received: after the restart HEAD gives at least every
+    acknowledged offset and no more than the part file held, those bytes are the client's,
+    and finishing from there stores a blob with the file's sha256."""
+    data = os.urandom(4 * MIB)
+    first = start_server()
+    with client(first.url, token) as c:
+        create_location(c, "site")
+        url = tus_create(c, "site", len(data), "cut.bin")
+        acked: list[int] = []
+        for start in range(0, MIB + 1, 256 * KIB):
+            r = tus_patch(c, url, start, data[start : start + 256 * KIB])
+            assert r.status_code == 204, r.text
+            acked.append(int(r.headers["upload-offset"]))
+    assert acked == [n * 256 * KIB for n in range(1, 6)]
+    part = first.data_dir / "uploads" / f"{url.rsplit('/', 1)[1]}.part"
+    sock = socket.create_connection(("127.0.0.1", first.port), timeout=10)
+    try:
+        sock.sendall(_patch_head(url, token, len(data) - acked[-1], offset=acked[-1]))
+        sock.sendall(data[acked[-1] : acked[-1] + 512 * KIB])
+        # The crash instant: the server has written part of a PATCH it never acknowledged.
+        _wait_for(lambda: part.stat().st_size > acked[-1], 15, "the in-flight bytes on disk")
+        first.kill()
+    finally:
+        sock.close()
+    on_disk = part.stat().st_size
+    check_databases(first.data_dir)
+
+    second = start_server()
+    with client(second.url, token) as c:
+        offset = tus_offset(c, url)
+        assert max(acked) <= offset <= on_disk, (acked, offset, on_disk)
+        assert part.read_bytes()[:offset] == data[:offset]
+        asset_id = tus_finish(c, url, data)
+        assert c.get(f"/v1/assets/{asset_id}").json()["sha256"] == sha256(data)
+        assert asset_bytes(c, asset_id) == data
+    second.stop()
+    check_databases(second.data_dir)
+    assert check_blobs(second.data_dir) == 1
+
+
+def test_restart_after_power_loss_reads_offset_from_part_file(
+    start_server: StartServer, token: str
+) -> None:
+    """Offsets are committed without the WAL's fsync, which a power loss may roll back. The
+    state it leaves is built on disk (uploads.db behind the fsynced part file, the boot id of
+    another boot): the restart takes the part file's size, so no acknowledgement is lost."""
+    data = os.urandom(MIB)
+    first = start_server()
+    with client(first.url, token) as c:
+        create_location(c, "site")
+        url = tus_create(c, "site", len(data), "power.bin")
+        for start in range(0, 768 * KIB, 256 * KIB):
+            r = tus_patch(c, url, start, data[start : start + 256 * KIB])
+            assert r.status_code == 204, r.text
+        acked = int(r.headers["upload-offset"])
+    assert acked == 768 * KIB
+    first.kill()
+    data_dir = first.data_dir
+    conn = sqlite3.connect(data_dir / "uploads.db")
+    with conn:
+        rolled = conn.execute(
+            "UPDATE uploads SET offset = ? WHERE id = ?", (256 * KIB, url.rsplit("/", 1)[1])
+        )
+        assert rolled.rowcount == 1
+    conn.close()
+    marker = data_dir / "uploads" / "boot_id"
+    marker.write_text("a-boot-before-the-power-loss\n")
+
+    second = start_server()
+    with client(second.url, token) as c:
+        assert tus_offset(c, url) == acked
+        asset_id = tus_finish(c, url, data)
+        assert c.get(f"/v1/assets/{asset_id}").json()["sha256"] == sha256(data)
+    assert marker.read_text().strip() != "a-boot-before-the-power-loss"
+    second.stop()
+    check_databases(data_dir)
