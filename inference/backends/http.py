@@ -1,18 +1,19 @@
-"""The HTTP plumbing every remote backend shares: one pooled aiohttp session, upstream
-credentials from config only, and failures sorted into retryable or not."""
+"""The HTTP plumbing every remote backend shares: one keep-alive pool per upstream
+(`upstream.Upstream`), upstream credentials from config only, and failures sorted into
+retryable or not."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 
 from inference.backends.base import Backend, BackendError, Health, Json
+from inference.backends.upstream import Response, Upstream
 from inference.config import MlxBackend as MlxConfig
 from inference.config import OllamaBackend, OpenAIBackend, VllmBackend
 
@@ -43,7 +44,8 @@ class HttpBackend(Backend):
         super().__init__(cfg.name, cfg.models)
         self.cfg = cfg
         self.base = cfg.url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
+        self.prefix = urlsplit(self.base).path
+        self._upstream: Upstream | None = None
         # Resolved once at start; an upstream key set but missing disables the backend
         # rather than calling a paid upstream anonymously.
         self._key: str | None = None
@@ -54,43 +56,39 @@ class HttpBackend(Backend):
         self._key = upstream_key(self.cfg)
         if (self.cfg.api_key_env or self.cfg.api_key_file) and self._key is None:
             self.disabled_reason = "its API key is not available"
+        # Fixed headers only: nothing a client sends (cookies, its own key) reaches upstream.
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        self._session = aiohttp.ClientSession(
-            headers=headers,
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s, sock_connect=5),
-            skip_auto_headers=("User-Agent",),
-            # Nothing a client sends may steer this session: no cookies kept between calls.
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self._upstream = Upstream(self.base, headers, connect_timeout=5.0)
 
     async def close(self) -> None:
         """Close the pool."""
-        if self._session is not None:
-            await self._session.close()
+        if self._upstream is not None:
+            await self._upstream.close()
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        """The pooled session (after `start`)."""
-        assert self._session is not None, "backend not started"
-        return self._session
+    def upstream(self) -> Upstream:
+        """The connection pool (after `start`)."""
+        assert self._upstream is not None, "backend not started"
+        return self._upstream
+
+    async def get(self, url: str, timeout: float = 3.0) -> tuple[int, bytes]:
+        """GET a URL on the upstream's origin: status and body."""
+        async with await self.upstream.request("GET", urlsplit(url).path, None, timeout) as resp:
+            return resp.status, await resp.read()
 
     async def health(self) -> Health:
         """GET the health path; 2xx is healthy."""
         if self.disabled_reason:
             return Health(False, self.disabled_reason)
         try:
-            async with self.session.get(
-                self.health_url(), timeout=aiohttp.ClientTimeout(total=3)
-            ) as resp:
-                await resp.read()
-                if resp.status < 300:
-                    return Health(True)
-                return Health(False, f"{self.health_path} answered {resp.status}")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            status, _ = await self.get(self.health_url())
+        except OSError as exc:  # TimeoutError and every connection failure
             return Health(False, f"unreachable: {type(exc).__name__}")
+        if status < 300:
+            return Health(True)
+        return Health(False, f"{self.health_path} answered {status}")
 
     def redact(self, text: str) -> str:
         """`text` with the upstream key blanked: upstreams may echo it in their errors."""
@@ -100,16 +98,26 @@ class HttpBackend(Backend):
         """Where the health probe goes."""
         return self.base + self.health_path
 
+    async def _post(self, path: str, body: Json) -> Response:
+        resp = await self.upstream.request(
+            "POST", self.prefix + path, _encode(body), self.cfg.timeout_s
+        )
+        if resp.status >= 300:
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
+            raise upstream_error(resp.status, raw, self.redact)
+        return resp
+
     async def post_json(self, path: str, body: Json) -> tuple[Json, bytes]:
         """POST a JSON body; the decoded answer and its bytes, or a sorted BackendError."""
         try:
-            async with self.session.post(self.base + path, data=_encode(body)) as resp:
+            async with await self._post(path, body) as resp:
                 raw = await resp.read()
-                if resp.status >= 300:
-                    raise upstream_error(resp.status, raw, self.redact)
         except TimeoutError as exc:  # before OSError, of which it is a subclass
             raise BackendError(504, f"{self.name}: upstream timed out", retryable=True) from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             raise BackendError(502, f"{self.name}: {type(exc).__name__}", retryable=True) from exc
         try:
             return _decode(raw), raw
@@ -122,15 +130,12 @@ class HttpBackend(Backend):
         Errors before the first line are retryable; after it they end the stream.
         """
         started = False
+        idle = self.cfg.stream_idle_timeout_s
         try:
-            async with self.session.post(self.base + path, data=_encode(body)) as resp:
-                if resp.status >= 300:
-                    raise upstream_error(resp.status, await resp.read(), self.redact)
+            async with await self._post(path, body) as resp:
                 while True:
                     # A stalled upstream must not hang the client until `timeout_s`.
-                    raw = await asyncio.wait_for(
-                        resp.content.readline(), self.cfg.stream_idle_timeout_s
-                    )
+                    raw = await resp.readline(idle)
                     if not raw:
                         return
                     line = raw.strip()
@@ -141,7 +146,7 @@ class HttpBackend(Backend):
             raise BackendError(
                 504, f"{self.name}: upstream stalled or timed out", retryable=not started
             ) from exc
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+        except OSError as exc:
             raise BackendError(
                 502, f"{self.name}: connection lost ({type(exc).__name__})", retryable=not started
             ) from exc

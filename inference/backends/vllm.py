@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import aiohttp
-
 from inference.backends.base import Health, Json, Kind
 from inference.backends.openai import OpenAICompatBackend
 from inference.config import VllmBackend as VllmConfig
@@ -41,21 +39,14 @@ class VllmBackend(OpenAICompatBackend):
         if self.disabled_reason:
             return Health(False, self.disabled_reason)
         try:
-            async with self.session.get(
-                self.root + "/health", timeout=aiohttp.ClientTimeout(total=3)
-            ) as resp:
-                await resp.read()
-                if resp.status >= 300:
-                    return Health(False, f"/health answered {resp.status}")
-            info: Json = {}
-            async with self.session.get(
-                self.root + "/metrics", timeout=aiohttp.ClientTimeout(total=3)
-            ) as resp:
-                if resp.status < 300:
-                    info = _queue_figures(await resp.text())
-            return Health(True, info=info)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            status, _ = await self.get(self.root + "/health")
+            if status >= 300:
+                return Health(False, f"/health answered {status}")
+            status, text = await self.get(self.root + "/metrics")
+        except OSError as exc:  # TimeoutError and every connection failure
             return Health(False, f"unreachable: {type(exc).__name__}")
+        info = _queue_figures(text.decode("utf-8", "replace")) if status < 300 else {}
+        return Health(True, info=info)
 
 
 def _queue_figures(text: str) -> Json:
