@@ -121,7 +121,7 @@ def tables(res: Results, s: Settings) -> str:
         {k: f"{_med([a / b for a, b in zip(paths[k].rps, d.rps, strict=True)]):.3f}" for k in cols},
     )
     row("  server CPU per request (us)", {k: f"{_med(paths[k].cpu_us):.0f}" for k in cols})
-    lines.append(f"  the same, upstream answering after {s.slow_ms:g} ms (reference, no target)")
+    lines.append(f"  the same, upstream answering after {s.slow_ms:g} ms")
     row("    req/s", {k: f"{_med(paths[k].slow_rps):.0f}" for k in cols})
     row(
         "    req/s ratio to direct",
@@ -175,8 +175,11 @@ def tables(res: Results, s: Settings) -> str:
         target("fieldbox added p50 / LiteLLM added p50", lr, "<= 0.25", lr <= 0.25, "{:.3f}")
     else:
         target(f"fieldbox / LiteLLM added p50 ({res.litellm_note})", None, "<= 0.25", None, "")
-    tr = _med([a / b for a, b in zip(paths["fieldbox"].rps, d.rps, strict=True)])
-    target("fieldbox req/s / direct req/s (32 connections)", tr, ">= 0.70", tr >= 0.70, "{:.3f}")
+    # Issue 15 withdrew ">= 0.70 of direct" against the 12 us fake; these replace it.
+    cpu = _med(paths["fieldbox"].cpu_us)
+    target("fieldbox CPU per request, non-stream (us)", cpu, "<= 250", cpu <= 250, "{:.0f}")
+    sr = _med([a / b for a, b in zip(paths["fieldbox"].slow_rps, d.slow_rps, strict=True)])
+    target("fieldbox req/s / direct, 20 ms upstream, 32 conns", sr, ">= 0.95", sr >= 0.95, "{:.3f}")
     if tok is not None:
         kr = _med([g / x for g, x in zip(tok.gateway, tok.direct, strict=True)])
         target("gateway tokens/s / llama.cpp direct tokens/s", kr, ">= 0.98", kr >= 0.98, "{:.3f}")
