@@ -9,12 +9,16 @@ embedded llama.cpp model, worker, bridge) and plays N = 1, 4, 16, 64 crew device
 chat questions through the gateway (time to first token), and uploads with tus in 64 KiB
 or 4 MiB PATCHes, every loop with a short pause, for a fixed window per phase.
 
-Order: every N idle (no job); then a default CPU splat job on the synthetic room video,
-and once it trains, every N busy (bridge syncing the uploads to moto meanwhile); then N=16
-with the worker's fix off (`[worker] nice = 0`), N=16 with it on again, and, after the
-job is cancelled, N=16 idle again. A busy phase counts only if the job was running in its
-train stage at both ends of the window, the worker used CPU through it, and the bridge
-finished uploads inside the window; the table says so per row, with the job's progress.
+Order: a warm-up (N=4, not counted: the box's one-time start costs, its first SQLite
+opens, lazy imports and the model's first evaluation, would otherwise land in the first
+measured window); every N idle (no job); then a default CPU splat job on the synthetic
+room video, and once it trains, every N busy (bridge syncing the uploads to moto
+meanwhile); then, alternating, N=16 with the worker's fix off (`[worker] nice = 0`) and
+N=16 with it on again, twice (`--quick`: once), so each off window is bracketed by on
+windows; and, after the job is cancelled, N=16 idle again. A busy phase counts only if
+the job was running in its train stage at both ends of the window, the worker used CPU
+through it, and the bridge finished uploads inside the window; the table says so per
+row, with the job's progress.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,7 @@ CAS_P99_TARGET_MS = 50.0
 TTFT_RATIO_TARGET = 2.0
 STATUSES = ("200", "201", "204", "409", "412", "429", "503", "timeout", "error")
 FIX_OFF = "[worker]\nnice = 0\n"
+WARMUP_N = 4  # every loop (CAS, chat, both tus PATCH sizes) at a load the box clears
 
 
 @dataclass
@@ -54,6 +59,8 @@ class Settings:
 
     ns: list[int]
     phase_s: float
+    warmup_s: float
+    fix_pairs: int
     chat_think_s: float = 10.0
     doc_think_s: float = 0.2
     upload_think_s: float = 2.0
@@ -92,11 +99,17 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_phase(box: Box, s: Settings, n: int, cond: str, job_id: str | None) -> Result:
+def run_phase(
+    box: Box, s: Settings, n: int, cond: str, job_id: str | None, phase_s: float | None = None
+) -> Result:
     """Run N devices for one window; check the job and the bridge around it."""
+    if phase_s is not None:
+        s = replace(s, phase_s=phase_s)
     box.check_alive()
     groups = min(4, n)
-    start_at = time.time() + 2.0 + n * 0.05
+    # Time for the crew processes to start, create their documents and open their
+    # connections (mixed_crew.PREOPEN_S before the window) before it opens.
+    start_at = time.time() + 3.0 + n * 0.05
     tag = f"{cond}-{n}-{int(start_at)}"
     procs = []
     for g in range(groups):
@@ -212,6 +225,13 @@ def print_table(results: list[Result]) -> None:
             f" [load {r.load}]"
         )
     for r in results:
+        idle, closed = r.statuses.get("reconnect_idle", 0), r.statuses.get("reconnect_closed", 0)
+        if idle or closed:
+            print(
+                f"  reconnects at N={r.n} {r.cond} (not errors: no request was on them): "
+                f"{idle} after >= 4 s idle, {closed} closed by the api while idle"
+            )
+    for r in results:
         for line in r.failures[:5]:
             print(f"  failure at N={r.n} {r.cond}: {line}")
         if r.failure_count > 5:
@@ -236,16 +256,21 @@ def verdicts(results: list[Result]) -> None:
             print(f"  N={n:<3} {p50:5.2f}x  {p99:5.2f}x")
     off = [r for r in results if r.cond == "busy-nofix"]
     on = [r for r in results if r.n == 16 and r.cond == "busy"]
-    if off and on:
+    if off and len(on) > len(off):
         print(
-            "\nworker fix at N=16 busy (nice 0 = off, default nice 10 = on; on-runs bracket off):"
+            "\nworker fix at N=16 busy (nice 0 = off, default nice 10 = on), in run order "
+            "on, off, on, ...; off/on = each off against the mean of the on runs either side:"
         )
         for key, name in (("write_ms", "CAS write p99"), ("ttft_ms", "TTFT p99")):
-            off_v = percentile(getattr(off[0], key), 99)
+            off_v = [percentile(getattr(r, key), 99) for r in off]
             on_v = [percentile(getattr(r, key), 99) for r in on]
-            ratios = ", ".join(f"{off_v / v:.2f}" for v in on_v)
-            shown = " / ".join(f"{v:.1f}" for v in on_v)
-            print(f"  {name:14} off {off_v:8.1f} ms   on {shown} ms   off/on {ratios}")
+            ratios = ", ".join(
+                f"{v / ((on_v[i] + on_v[i + 1]) / 2):.2f}" for i, v in enumerate(off_v)
+            )
+            print(
+                f"  {name:14} off {' / '.join(f'{v:.1f}' for v in off_v)} ms   "
+                f"on {' / '.join(f'{v:.1f}' for v in on_v)} ms   off/on {ratios}"
+            )
     print("\ntargets")
     write99 = _p99(results, 16, "busy", "write_ms")
     ttft_busy = _p99(results, 16, "busy", "ttft_ms")
@@ -269,13 +294,19 @@ def verdicts(results: list[Result]) -> None:
         f"no-Retry-After, {other} failures in all, {refused} refusals with Retry-After: "
         f"{'PASS' if bad == 0 and other == 0 else 'MISS'}"
     )
+    stale = sum(r.statuses.get("reconnect_idle", 0) for r in results)
+    closed = sum(r.statuses.get("reconnect_closed", 0) for r in results)
+    print(
+        f"  (api connections replaced before a request, not counted as errors: {stale} idle"
+        f" >= 4 s, {closed} closed by the api while idle)"
+    )
     for r in results:
         if r.cond.startswith("busy") and not r.valid.startswith("ok"):
             print(f"  N={r.n} {r.cond}: INVALID window: {r.valid}")
 
 
-def run(s: Settings, run_dir: Path, fix_compare: bool) -> list[Result]:
-    """Every phase in order (see the module docstring)."""
+def run(s: Settings, run_dir: Path, fix_compare: bool) -> tuple[list[Result], Result]:
+    """Every phase in order (see the module docstring); the results and the warm-up."""
     from perception.splat.synthetic import write_video
 
     box = Box(run_dir)
@@ -283,6 +314,9 @@ def run(s: Settings, run_dir: Path, fix_compare: bool) -> list[Result]:
     try:
         box.start()
         print("\n".join(machine_facts(box.data_dir)), flush=True)
+        warmup = run_phase(box, s, WARMUP_N, "warm-up", None, s.warmup_s)
+        print(f"\nwarm-up, N={WARMUP_N} for {s.warmup_s:g} s, not counted below:")
+        print_table([warmup])
         for n in s.ns:
             results.append(run_phase(box, s, n, "idle", None))
             print_table(results[-1:])
@@ -293,7 +327,7 @@ def run(s: Settings, run_dir: Path, fix_compare: bool) -> list[Result]:
         for n in s.ns:
             results.append(run_phase(box, s, n, "busy", job_id))
             print_table(results[-1:])
-        if fix_compare:
+        for _ in range(s.fix_pairs if fix_compare else 0):
             box.start_worker("nofix", FIX_OFF)
             box.wait_training(job_id)
             results.append(run_phase(box, s, 16, "busy-nofix", job_id))
@@ -310,7 +344,7 @@ def run(s: Settings, run_dir: Path, fix_compare: bool) -> list[Result]:
         print_table(results[-1:])
     finally:
         box.stop()
-    return results
+    return results, warmup
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,12 +356,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="run in this folder and keep its logs")
     parser.add_argument("--no-fix-compare", action="store_true", help="skip the nice=0 run")
     args = parser.parse_args(argv)
-    s = Settings(ns=[1, 16], phase_s=10.0) if args.quick else Settings([1, 4, 16, 64], 20.0)
+    if args.quick:
+        s = Settings(ns=[1, 16], phase_s=10.0, warmup_s=5.0, fix_pairs=1)
+    else:
+        s = Settings(ns=[1, 4, 16, 64], phase_s=20.0, warmup_s=10.0, fix_pairs=2)
     started = time.monotonic()
     run_dir = args.keep or Path(tempfile.mkdtemp(prefix="bench-mixed-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        results = run(s, run_dir, not args.no_fix_compare)
+        results, warmup = run(s, run_dir, not args.no_fix_compare)
     except BenchError as exc:
         print(f"bench_mixed: {exc}", file=sys.stderr)
         return 1
@@ -337,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nthe box under mixed load ({time.monotonic() - started:.0f} s, {s.phase_s:g} s phases)"
     )
+    print(f"\nwarm-up, N={WARMUP_N} for {s.warmup_s:g} s before the first row, not counted:")
+    print_table([warmup])
     print_table(results)
     verdicts(results)
     invalid = [r for r in results if r.cond.startswith("busy") and not r.valid.startswith("ok")]

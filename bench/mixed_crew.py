@@ -9,6 +9,14 @@ questions through the gateway, and tus uploads (even devices 64 KiB PATCHes, odd
 4 MiB PATCHes). Only calls that start inside the window count. The result is the
 latencies, every status seen, the bytes acknowledged and the failures, as JSON.
 
+Api connections are kept alive as a client's pool keeps them, and, like such a pool, a
+device never sends on one the server may already have closed for idleness: one idle for
+`CLIENT_IDLE_S` (under uvicorn's 5 s keep-alive) or one the server closed while it was
+idle (EOF waiting on it) is replaced before the request, outside the timed part, and
+counted as a reconnect, not an error. A connection that breaks once a request is sent is
+an error, as before. Each device also opens (and warms with one uncounted read) its
+connections just before the window, so the window never starts on its setup's sockets.
+
 Several of these processes share the devices of one phase, so the client's own GIL does
 not become the latency being measured.
 """
@@ -18,6 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import select
 import sys
 import threading
 import time
@@ -34,6 +43,12 @@ from gateway_client import CHAT_PATH, Conn, chat_body, post_bytes
 KIB = 1024
 MIB = 1024 * 1024
 BACKOFF_CAP_S = 5.0  # a refused caller waits Retry-After, at most this long in a phase
+# uvicorn (the api) closes a keep-alive connection idle for 5 s; a request sent as it does
+# is lost in the close, so a client must stop reusing one well before that.
+CLIENT_IDLE_S = 4.0
+# Devices open their connections this long before the window, so the window starts on
+# fresh sockets while the warm-up reads are over before it opens.
+PREOPEN_S = 1.0
 
 
 @dataclass
@@ -96,26 +111,78 @@ def _refused(resp_status: int, headers: dict[str, str], stop_at: float) -> None:
         time.sleep(max(0.0, min(wait, BACKOFF_CAP_S, stop_at - time.time())))
 
 
+class ApiConn(RawHttp):
+    """A pooled api connection that knows when it was last used."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.last_used = time.monotonic()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | memoryview = b"",
+    ) -> HttpResponse:
+        """As RawHttp.request; the idle clock restarts once the response is read."""
+        resp = super().request(method, path, headers, body)
+        self.last_used = time.monotonic()
+        return resp
+
+    def stale(self) -> str | None:
+        """Why this idle connection must not carry the next request, or None."""
+        if time.monotonic() - self.last_used >= CLIENT_IDLE_S:
+            return "reconnect_idle"
+        # Readable while no request is outstanding: the server's FIN (or stray bytes);
+        # either way the next request on it would fail before the box even saw it.
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return "reconnect_closed" if readable else None
+
+
+def _ready(p: Phase, tally: Tally, conn: ApiConn | None) -> ApiConn:
+    """`conn`, or a new connection in place of a missing or stale one (see the docstring)."""
+    if conn is not None:
+        why = conn.stale()
+        if why is None:
+            return conn
+        tally.statuses[why] += 1
+        conn.close()
+    return ApiConn(*p.api, timeout=p.api_timeout_s)
+
+
 def _call(
-    p: Phase, tally: Tally, what: str, conn: RawHttp | None, req: tuple[Any, ...]
-) -> tuple[RawHttp | None, HttpResponse | None]:
-    """One api request; timeouts and broken connections are counted and the socket renewed."""
-    if conn is None:
-        conn = RawHttp(*p.api, timeout=p.api_timeout_s)
+    p: Phase, tally: Tally, what: str, conn: ApiConn | None, req: tuple[Any, ...]
+) -> tuple[ApiConn | None, HttpResponse | None, float]:
+    """One api request and its ms (connecting excluded); failures counted, socket renewed."""
+    try:
+        conn = _ready(p, tally, conn)
+    except OSError as exc:
+        tally.statuses["error"] += 1
+        tally.failures.append(f"{what}: connect: {type(exc).__name__}: {exc}")
+        return None, None, 0.0
+    start = time.perf_counter()
     try:
         resp = conn.request(*req)
     except TimeoutError:
         tally.statuses["timeout"] += 1
         tally.failures.append(f"{what}: no answer within {p.api_timeout_s:g} s")
         conn.close()
-        return None, None
+        return None, None, 0.0
     except (OSError, BenchError) as exc:
         tally.statuses["error"] += 1
         tally.failures.append(f"{what}: {type(exc).__name__}: {exc}")
         conn.close()
-        return None, None
+        return None, None, 0.0
+    ms = (time.perf_counter() - start) * 1000
     tally.status(what, resp.status, resp.headers)
-    return conn, resp
+    return conn, resp, ms
+
+
+def _until(t: float) -> None:
+    """Sleep until wall time `t`."""
+    while time.time() < t:
+        time.sleep(0.01)
 
 
 def docs_loop(p: Phase, dev: int, tally: Tally) -> None:
@@ -124,29 +191,34 @@ def docs_loop(p: Phase, dev: int, tally: Tally) -> None:
     path = f"/v1/locations/{p.location}/docs/crew/{p.tag}-d{dev}"
     body = json.dumps({"device": dev, "notes": "x" * 400}).encode()
     create = {**auth, "Content-Type": "application/json", "If-None-Match": "*"}
-    conn, resp = _call(p, Tally(), "create", None, ("PUT", path, create, body))
+    conn, resp, _ = _call(p, Tally(), "create", None, ("PUT", path, create, body))
     if resp is None or resp.status != 201:
         tally.failures.append(f"create {path}: {resp.status if resp else 'no answer'}")
         return
     etag = resp.headers["etag"]
-    while time.time() < p.start_at:
-        time.sleep(0.01)
+    if conn is not None:
+        conn.close()
+    # The setup's connection may sit idle past the api's keep-alive (N=64 starts ~5 s
+    # after its setup): a fresh one, warmed with one uncounted read, starts the window.
+    _until(p.start_at - PREOPEN_S)
+    warm = Tally()
+    conn, _, _ = _call(p, warm, "warm read before the window", None, ("GET", path, auth))
+    tally.failures += warm.failures  # outside the window, yet still the box failing
+    _until(p.start_at)
     while (t0 := time.time()) < p.end:
         counted = tally if p.inside(t0) else Tally()
         head = {**auth, "Content-Type": "application/json", "If-Match": etag}
-        start = time.perf_counter()
-        conn, resp = _call(p, counted, "CAS write", conn, ("PUT", path, head, body))
+        conn, resp, ms = _call(p, counted, "CAS write", conn, ("PUT", path, head, body))
         if resp is not None and resp.status == 200:
-            counted.write_ms.append((time.perf_counter() - start) * 1000)
+            counted.write_ms.append(ms)
             etag = resp.headers["etag"]
         elif resp is not None:
             _refused(resp.status, resp.headers, p.end)
             if resp.status not in (429, 503):
                 counted.failures.append(f"CAS write: HTTP {resp.status} {resp.body[:200]!r}")
-        start = time.perf_counter()
-        conn, resp = _call(p, counted, "CAS read", conn, ("GET", path, auth))
+        conn, resp, ms = _call(p, counted, "CAS read", conn, ("GET", path, auth))
         if resp is not None and resp.status == 200:
-            counted.read_ms.append((time.perf_counter() - start) * 1000)
+            counted.read_ms.append(ms)
             if resp.headers.get("etag") != etag:
                 counted.failures.append("CAS read: not the last acknowledged write")
         elif resp is not None:
@@ -165,10 +237,14 @@ def upload_loop(p: Phase, dev: int, tally: Tally) -> None:
     chunk, size = (64 * KIB, p.small_upload) if dev % 2 == 0 else (4 * MIB, p.large_upload)
     data = memoryview(bytearray(random.randbytes(size)))
     tus = {"Authorization": f"Bearer {p.token}", "Tus-Resumable": "1.0.0"}
-    conn: RawHttp | None = None
+    _until(p.start_at - PREOPEN_S)
+    conn: ApiConn | None = None
+    try:
+        conn = ApiConn(*p.api, timeout=p.api_timeout_s)
+    except OSError as exc:
+        tally.failures.append(f"tus: connect before the window: {exc}")
     n = 0
-    while time.time() < p.start_at:
-        time.sleep(0.01)
+    _until(p.start_at)
     while time.time() < p.end:
         n += 1
         # A new blob each time: content addressing must not shortcut a repeat.
@@ -178,7 +254,7 @@ def upload_loop(p: Phase, dev: int, tally: Tally) -> None:
         t0 = time.time()
         counted = tally if p.inside(t0) else Tally()
         head = {**tus, "Upload-Length": str(size), "Upload-Metadata": meta}
-        conn, resp = _call(p, counted, "tus POST", conn, ("POST", "/v1/uploads", head))
+        conn, resp, _ = _call(p, counted, "tus POST", conn, ("POST", "/v1/uploads", head))
         if resp is None or resp.status != 201:
             if resp is not None:
                 _refused(resp.status, resp.headers, p.end)
@@ -194,7 +270,7 @@ def upload_loop(p: Phase, dev: int, tally: Tally) -> None:
             }
             t1 = time.time()
             counted = tally if p.inside(t1) else Tally()
-            conn, resp = _call(p, counted, "tus PATCH", conn, ("PATCH", url, head, piece))
+            conn, resp, _ = _call(p, counted, "tus PATCH", conn, ("PATCH", url, head, piece))
             if resp is None:
                 break
             if resp.status != 204:
