@@ -75,6 +75,9 @@ class Worker:
         for thread in slots:
             thread.start()
         self.log.info("worker_started", worker=self.id, slots=len(slots))
+        # The overview reads this file: written now, not one heartbeat later, so a worker
+        # that has just started is shown as up rather than down.
+        self._heartbeat()
         shown = self._status_line()
         sdnotify.ready(shown)
         self._main_loop(shown)

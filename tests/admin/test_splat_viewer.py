@@ -51,10 +51,12 @@ iterations = 600
 max_gaussians = 4000
 checkpoint_every = 1000
 """
-# Measured (docs/admin.md), three runs: Spark's render from three training poses against
-# their own photos 20.4-21.3, 20.4-22.4 and 17.3-18.0 dB; against the best of the other
-# photos 11.0-15.4 dB. The floors sit below the first and well above the second.
-MIN_PSNR_DB = 16.0
+# Measured (docs/admin.md), four runs: Spark's render from three training poses against
+# their own photos 20.4-21.3, 20.4-22.4, 17.3-18.0 and 15.8-21.9 dB (the last camera of
+# a CI run, SfM and training are not bit-for-bit repeatable); against the best of the
+# other photos 10.8-15.4 dB. The margin is what tells a render of this camera from one of
+# another; the floor only says it is a render of the scene at all.
+MIN_PSNR_DB = 15.0
 MIN_MARGIN_DB = 4.0
 
 Json = dict[str, Any]
