@@ -13,9 +13,9 @@ between the client and that upstream:
 1. Sequential latency of a non-stream chat completion over one keep-alive connection:
    p50/p99 per path, and what each proxy adds to the direct figure.
 2. Time to the first SSE data event of a streamed chat completion, sequential: the same.
-3. Requests/s at 32 concurrent connections (wrk), and each proxy's CPU per request; then,
-   for reference, the same against an upstream that answers 20 ms later (a timer in the
-   fake, as a fast model server would pace it).
+3. Requests/s at 32 concurrent connections (wrk), and each proxy's CPU per request, whole
+   and streamed answers; then, for reference, the same against an upstream that answers
+   20 ms later (a timer in the fake, as a fast model server would pace it).
 4. Tokens/s of SmolLM2-135M on llama.cpp: llama-cpp-python in a process of its own, next to
    the same prompt streamed through the gateway's embedded llama.cpp backend (same
    n_threads on both sides).
@@ -214,6 +214,28 @@ def _run_phases(s: Settings, run_dir: Path, paths: list[Side], log: Callable[[st
             if res.socket_errors:
                 log(f"  {p.key}: wrk socket errors: {res.socket_errors}")
         log(f"  round {r + 1}: req/s " + ", ".join(f"{p.key} {p.rps[-1]:.0f}" for p in paths))
+
+    log(f"3s. wrk as above, streamed: {s.rounds} rounds")
+    stream_scripts = {
+        p.key: wrk_script(run_dir / f"{p.key}-stream.lua", streamed, p.token) for p in paths
+    }
+    for r in range(s.rounds):
+        for p in _rotated(paths, r):
+            time.sleep(0.5)
+            cpu0 = _cpu_seconds(p.pid)
+            res = run_wrk(
+                f"http://{HOST}:{p.port}{CHAT_PATH}",
+                stream_scripts[p.key],
+                connections=s.connections,
+                seconds=s.wrk_s,
+            )
+            cpu = _cpu_seconds(p.pid) - cpu0
+            p.stream_rps.append(res.rps)
+            p.stream_cpu_us.append(cpu / res.requests * 1e6 if res.requests else 0.0)
+        log(
+            f"  round {r + 1}: CPU us per request "
+            + ", ".join(f"{p.key} {p.stream_cpu_us[-1]:.0f}" for p in paths)
+        )
 
     # Reference: the same load on an upstream that answers after slow_ms (a timer on the
     # fake, no CPU), as a fast model server would; what each proxy keeps of that.

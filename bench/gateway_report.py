@@ -40,6 +40,8 @@ class Side:
     rps: list[float] = field(default_factory=list)
     cpu_us: list[float] = field(default_factory=list)
     slow_rps: list[float] = field(default_factory=list)
+    stream_rps: list[float] = field(default_factory=list)
+    stream_cpu_us: list[float] = field(default_factory=list)
 
     def request(self, body: bytes) -> bytes:
         """The prebuilt chat request for this path."""
@@ -121,6 +123,9 @@ def tables(res: Results, s: Settings) -> str:
         {k: f"{_med([a / b for a, b in zip(paths[k].rps, d.rps, strict=True)]):.3f}" for k in cols},
     )
     row("  server CPU per request (us)", {k: f"{_med(paths[k].cpu_us):.0f}" for k in cols})
+    lines.append(f"  streamed ({s.chunks} content chunks + role and usage chunks)")
+    row("    req/s", {k: f"{_med(paths[k].stream_rps):.0f}" for k in cols})
+    row("    server CPU per request (us)", {k: f"{_med(paths[k].stream_cpu_us):.0f}" for k in cols})
     lines.append(f"  the same, upstream answering after {s.slow_ms:g} ms")
     row("    req/s", {k: f"{_med(paths[k].slow_rps):.0f}" for k in cols})
     row(
@@ -178,8 +183,15 @@ def tables(res: Results, s: Settings) -> str:
     # Issue 15 withdrew ">= 0.70 of direct" against the 12 us fake; these replace it.
     cpu = _med(paths["fieldbox"].cpu_us)
     target("fieldbox CPU per request, non-stream (us)", cpu, "<= 250", cpu <= 250, "{:.0f}")
+    scpu = _med(paths["fieldbox"].stream_cpu_us)
+    target("fieldbox CPU per request, stream (us)", scpu, "<= 250", scpu <= 250, "{:.0f}")
     sr = _med([a / b for a, b in zip(paths["fieldbox"].slow_rps, d.slow_rps, strict=True)])
     target("fieldbox req/s / direct, 20 ms upstream, 32 conns", sr, ">= 0.95", sr >= 0.95, "{:.3f}")
+    # What a pass-through with no logic on the same stack keeps of that upstream (docs/
+    # performance.md: the proposed replacement for the 0.95-of-direct goal).
+    b = paths["bare"]
+    fr = _med([a / c for a, c in zip(paths["fieldbox"].slow_rps, b.slow_rps, strict=True)])
+    target("fieldbox req/s / bare proxy, 20 ms upstream", fr, ">= 1.0", fr >= 1.0, "{:.3f}")
     if tok is not None:
         kr = _med([g / x for g, x in zip(tok.gateway, tok.direct, strict=True)])
         target("gateway tokens/s / llama.cpp direct tokens/s", kr, ">= 0.98", kr >= 0.98, "{:.3f}")
@@ -196,9 +208,10 @@ def per_round(res: Results) -> str:
         ttft = " ".join(f"{x:.3f}" for x in _per_round(p.ttft, 50))
         rps = " ".join(f"{x:.0f}" for x in p.rps)
         slow = " ".join(f"{x:.0f}" for x in p.slow_rps)
+        scpu = " ".join(f"{x:.0f}" for x in p.stream_cpu_us)
         out.append(
             f"  {LABELS[p.key]:<11} seq p50 ms [{seq}]  ttft p50 ms [{ttft}]  req/s [{rps}]"
-            f"  slow req/s [{slow}]"
+            f"  stream CPU us [{scpu}]  slow req/s [{slow}]"
         )
     tok = res.tokens
     if tok is not None:

@@ -17,6 +17,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -25,7 +26,7 @@ from inference.config import GatewayConfig
 from store.keys import Verifier
 
 GATEWAY_SCOPES = frozenset({"gateway", "admin"})
-_IDENTITY = ("tailscale-user-login", "tailscale-user-name", "tailscale-user-profile-pic")
+_IDENTITY = frozenset({"tailscale-user-login", "tailscale-user-name", "tailscale-user-profile-pic"})
 _FUNNEL = "tailscale-funnel-request"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -57,9 +58,16 @@ class Access:
         self.proxies = [ipaddress.ip_network(c, strict=False) for c in gw.tunnel.trusted_proxies]
         self.networks = [ipaddress.ip_network(c, strict=False) for c in gw.allow_networks]
 
+    async def check_scope(self, scope: Mapping[str, Any]) -> Caller:
+        """`check` for an ASGI scope: its peer address and its headers."""
+        client = scope.get("client")
+        # The raw header list, not a framework's Headers: cheaper, and names arrive lowercased.
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        return await self.check(client[0] if client else "", headers)
+
     async def check(self, peer: str, headers: Mapping[str, str]) -> Caller:
         """The caller, or Denied."""
-        identity = any(h in headers for h in _IDENTITY)
+        identity = not _IDENTITY.isdisjoint(headers.keys())
         funnel = _FUNNEL in headers
         forwarded = "x-forwarded-for" in headers
         # Parsing the peer address costs more than the rest: only when a proxy matters.

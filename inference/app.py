@@ -13,6 +13,7 @@ from litestar.datastructures import State
 
 from inference.access import Access, Caller
 from inference.config import GatewayConfig, InferenceConfig
+from inference.controllers.completions import CompletionRoutes
 from inference.controllers.ollama_api import OllamaController
 from inference.controllers.openai_api import OpenAIController
 from inference.controllers.schema import SchemaController
@@ -34,12 +35,7 @@ async def _admit(request: Request[Any, Any, Any]) -> None:
     if not request.route_handler.opt.get("gateway"):
         return
     access: Access = request.app.state.access
-    scope = request.scope
-    client = scope.get("client")
-    peer = client[0] if client else ""
-    # The raw header list, not Litestar's Headers: cheaper, and names arrive lowercased.
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-    caller: Caller = await access.check(peer, headers)
+    caller: Caller = await access.check_scope(request.scope)
     request.state.caller = caller
 
 
@@ -103,5 +99,6 @@ def create_gateway_app(
         logging_config=None,
     )
     # Outside Litestar's router, so unmatched routes (404, 405) and errors carry it too.
-    app.asgi_handler = NoSniff(app.asgi_handler)
+    # The completion routes answer ahead of it and set their own.
+    app.asgi_handler = CompletionRoutes(NoSniff(app.asgi_handler), app.state)
     return app

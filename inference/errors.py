@@ -55,33 +55,41 @@ def error_response(
     )
 
 
-def _handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    path = request.url.path
+Failure = tuple[int, str, str | None, dict[str, str] | None]
+"""An exception as an answer: status, message, the field it names, extra headers."""
+
+
+def failure_of(exc: Exception) -> Failure:
+    """What the client is told about `exc`; an unexpected one is logged and becomes a 500."""
     if isinstance(exc, RequestError):
-        return error_response(path, exc.status, exc.message, exc.param)
+        return exc.status, exc.message, exc.param, None
     if isinstance(exc, TranslationError):
-        return error_response(path, 400, str(exc))
+        return 400, str(exc), None, None
     if isinstance(exc, UnknownModel):
-        return error_response(path, 404, str(exc), "model")
+        return 404, str(exc), "model", None
     if isinstance(exc, Saturated):
-        return error_response(path, 429, str(exc), headers={"Retry-After": str(exc.retry_after)})
+        return 429, str(exc), None, {"Retry-After": str(exc.retry_after)}
     if isinstance(exc, NoTarget):
-        headers = {"Retry-After": "5"} if exc.status == 503 else None
-        return error_response(path, exc.status, str(exc), headers=headers)
+        return exc.status, str(exc), None, {"Retry-After": "5"} if exc.status == 503 else None
     if isinstance(exc, BackendError):
-        return error_response(path, exc.status, exc.message)
+        return exc.status, exc.message, None, None
     if isinstance(exc, Denied):
         headers = (
             {"WWW-Authenticate": 'Bearer realm="fieldbox-gateway"'} if exc.status == 401 else None
         )
-        return error_response(path, exc.status, exc.message, headers=headers)
+        return exc.status, exc.message, None, headers
     if isinstance(exc, HTTPException):
-        return error_response(path, exc.status_code, str(exc.detail), headers=exc.headers)
+        return exc.status_code, str(exc.detail), None, exc.headers
     if isinstance(exc, RecursionError):
         # Deep JSON that got past decoding (or a walk of it) is the caller's input: a 400.
-        return error_response(path, 400, f"JSON nested too deeply: {exc}")
+        return 400, f"JSON nested too deeply: {exc}", None, None
     structlog.get_logger("fieldbox.gateway").exception("unhandled_error", error=type(exc).__name__)
-    return error_response(path, 500, "internal error; see the box's logs for the request id")
+    return 500, "internal error; see the box's logs for the request id", None, None
+
+
+def _handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    status, message, param, headers = failure_of(exc)
+    return error_response(request.url.path, status, message, param, headers)
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {Exception: _handle}

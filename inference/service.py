@@ -7,7 +7,7 @@ breaker, metrics, the telemetry spool, schema checks) happens here, once for bot
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -154,7 +154,7 @@ class Gateway:
 
     async def open_stream(
         self, call: Call, kind: Kind, body: Json
-    ) -> tuple[StreamState, AsyncIterator[Json]]:
+    ) -> tuple[StreamState, AsyncGenerator[Json, None]]:
         """Start a stream; fall back until a target yields its first chunk."""
         needs = _needs(kind, body, call.schema)
         state = StreamState()
@@ -182,7 +182,7 @@ class Gateway:
         chunks: AsyncIterator[Json],
         first: Json | None,
         want_usage: bool,
-    ) -> AsyncIterator[Json]:
+    ) -> AsyncGenerator[Json, None]:
         ttft: float | None = None
         keep_text = self.capture or call.schema is not None
         try:

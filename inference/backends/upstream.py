@@ -230,7 +230,10 @@ class Response:
         """Give the connection back if the answer was read whole, else drop it."""
         self._timer.cancel()
         conn = self._conn
-        if conn.complete and conn.keep_alive and not conn.closed and not self._rest:
+        if conn.complete and conn.keep_alive and not conn.closed:
+            # The whole answer is in, so what its reader left (an SSE stream's blank line
+            # after `[DONE]`) cannot be taken for the next answer's bytes.
+            conn.take()
             self._upstream.put_back(conn)
         else:
             conn.abort()

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Request
 
+from inference.access import Caller
 from inference.backends.base import Json
 from inference.config import GatewayConfig
 from inference.service import Call, Gateway
@@ -39,8 +40,13 @@ async def body_of(request: Request[Any, Any, Any]) -> Json:
 
 def new_call(request: Request[Any, Any, Any], endpoint: str, dialect: str, body: Json) -> Call:
     """A Call for this request, with the caller the access hook found."""
+    return call_for(request.state.caller, endpoint, dialect, body)
+
+
+def call_for(caller: Caller, endpoint: str, dialect: str, body: Json) -> Call:
+    """A Call on behalf of `caller` for a checked body."""
     return Call(
-        caller=request.state.caller,
+        caller=caller,
         endpoint=endpoint,
         dialect=dialect,
         requested=str(body.get("model")),

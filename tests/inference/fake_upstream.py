@@ -33,7 +33,7 @@ Control, per upstream:
   answer 503; `reset` forgets what was recorded; `running`/`waiting` are what `/metrics`
   reports.
 - `GET /u/{name}/_requests` → `{"count", "requests", "probes", "streams_cut"}`: every model
-  call received, as `{"path", "body", "authorization"}` (recorded on arrival, whatever the
+  call received, as `{"path", "body", "authorization", "port"}` (recorded on arrival, whatever the
   mode did with it), the paths of every other GET, and how many streams the client (the
   gateway) cut off before their end.
 """
@@ -127,7 +127,9 @@ class FakeUpstreams:
             return _error(404, f"no such endpoint {path}")
         body = await _json(request)
         auth = request.headers.get("Authorization")
-        up.requests.append({"path": path, "body": body, "authorization": auth})
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        port = peer[1] if peer else None  # the caller's port: which connection it came over
+        up.requests.append({"path": path, "body": body, "authorization": auth, "port": port})
         return await self.model_call(up, path, body, request)
 
     def control(self, up: Upstream, body: Json) -> web.Response:

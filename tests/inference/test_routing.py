@@ -48,6 +48,7 @@ FAKE_BACKENDS = [
     ("bad", "openai"),
     ("auth401", "openai"),
     ("auth403", "openai"),
+    ("reuse", "openai"),
 ]
 
 
@@ -344,6 +345,21 @@ def test_client_gone_mid_stream_frees_the_backend(routing: Routing, name: str, p
     wait_until(lambda: gw.backends()[name]["active"] == 0, "the backend's slot to be freed")
     fake.control(name, mode="ok")
     assert _content(routing.chat(f"m-{name}")) == f"hello from {name}"
+
+
+def test_a_finished_stream_gives_its_upstream_connection_back(routing: Routing) -> None:
+    """Streamed answers read to `[DONE]` leave their keep-alive connection for the next call:
+    six streams in a row reach the upstream over one connection (a health probe taking it at
+    the wrong moment may open a second), not six."""
+    client = routing.openai()
+    for _ in range(6):
+        stream = client.chat.completions.create(model="m-reuse", messages=HELLO, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == (
+            "hello from reuse"
+        )
+    ports = {r["port"] for r in routing.fake.received("reuse")["requests"]}
+    assert None not in ports
+    assert len(ports) <= 2, ports
 
 
 # --- a slow or dead backend blocks nobody else ----------------------------------------

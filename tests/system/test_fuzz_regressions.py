@@ -64,6 +64,7 @@ def _roles() -> str:
 def test_gateway_schema_names_every_route(tmp_path: Path) -> None:
     """The gateway's hand-written OpenAPI document lists every route the app serves."""
     from inference.app import create_gateway_app
+    from inference.controllers.completions import ROUTES
     from inference.controllers.schema import openapi_document
     from tests.conftest import make_config
 
@@ -74,7 +75,7 @@ def test_gateway_schema_names_every_route(tmp_path: Path) -> None:
         for route in app.routes
         for method in getattr(route, "methods", set())
         if method not in {"HEAD", "OPTIONS"}
-    }
+    } | {("post", path) for path in ROUTES}  # the completion routes answer ahead of Litestar
     documented = {
         (method, path) for path, ops in openapi_document()["paths"].items() for method in ops
     }
