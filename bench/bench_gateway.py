@@ -343,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     ap.add_argument("--no-tokens", action="store_true", help="leave the llama.cpp row out")
     ap.add_argument("--rounds", type=int, help="rounds of every phase (default 5, quick 2)")
+    ap.add_argument(
+        "--chunks", type=int, default=16, help="content chunks per streamed answer (16)"
+    )
     ap.add_argument("--n-threads", type=int, default=1, help="llama.cpp threads, both sides")
     ap.add_argument("--data-dir", type=Path, default=ROOT / ".bench-data", help="run files")
     ap.add_argument("--keep", action="store_true", help="keep the run's dir (logs, configs)")
@@ -355,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_n=20 if quick else 100,
         wrk_s=2.0 if quick else 5.0,
         connections=32,
-        chunks=16,
+        chunks=args.chunks,
         tok_reps=1 if quick else 9,
         max_tokens=128,
         n_threads=args.n_threads,
