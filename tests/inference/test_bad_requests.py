@@ -440,6 +440,31 @@ def test_body_over_the_limit_is_413(small: TestClient) -> None:  # type: ignore[
     ollama_error(small.post("/api/chat", json=huge), 413)
 
 
+def test_key_is_checked_before_the_body_limit(small: TestClient) -> None:  # type: ignore[type-arg]
+    """A caller without a valid key learns nothing about the limits: 401, not 413."""
+    huge = {"model": "far-model", "messages": [{"role": "user", "content": "x" * 8000}]}
+    for path in ("/v1/chat/completions", "/v1/completions", "/api/chat"):
+        r = small.post(path, json=huge, headers={"Authorization": "Bearer fbx_not_a_key"})
+        assert r.status_code == 401, (path, r.text)
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert r.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_completion_routes_take_only_post(small: TestClient, path: str) -> None:  # type: ignore[type-arg]
+    """Another method on a completion route is a 405 naming what is allowed; OPTIONS says it;
+    a trailing slash names the same route."""
+    for method in ("GET", "PUT", "DELETE"):
+        r = small.request(method, path)
+        openai_error(r, 405)
+        assert r.headers["allow"] == "OPTIONS, POST"
+    r = small.options(path)
+    assert r.status_code == 204
+    assert r.headers["allow"] == "OPTIONS, POST"
+    body = {"model": "far-model", "messages": HI, "prompt": "hi"}
+    assert "far-model" in openai_error(small.post(path + "/", json=body), 503)["message"]
+
+
 def test_configured_max_tokens_limit(small: TestClient) -> None:  # type: ignore[type-arg]
     """`max_tokens_limit` from config is the bound the 400 names."""
     body = {"model": "far-model", "messages": HI, "max_tokens": 65}
