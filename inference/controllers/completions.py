@@ -107,9 +107,12 @@ class CompletionRoutes:
 async def _body(scope: Any, receive: Any, limit: int) -> bytes:
     """The request body, or a 413 as soon as it is known to be past `limit`."""
     for name, value in scope["headers"]:
-        # The HTTP layer already refused a content-length that is not a number.
-        if name == b"content-length" and int(value) > limit:
-            raise RequestError("Request Entity Too Large", status=413)
+        if name == b"content-length":
+            # uvicorn's parser refuses one that is not a number; other ASGI servers may not.
+            if not value.isdigit():
+                raise RequestError("Content-Length must be a number of bytes")
+            if int(value) > limit:
+                raise RequestError("Request Entity Too Large", status=413)
     parts: list[bytes] = []
     size = 0
     while True:

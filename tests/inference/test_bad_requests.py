@@ -450,6 +450,14 @@ def test_key_is_checked_before_the_body_limit(small: TestClient) -> None:  # typ
         assert r.headers["x-content-type-options"] == "nosniff"
 
 
+def test_content_length_that_is_not_a_number_is_400(small: TestClient) -> None:  # type: ignore[type-arg]
+    """A server that passes a bad Content-Length on (uvicorn's parser refuses it first) still
+    gets a 400 from the completion routes, not a 500."""
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        r = small.post(path, content=b"{}", headers={"Content-Length": "2x"})
+        assert "Content-Length" in openai_error(r, 400)["message"]
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
 def test_completion_routes_take_only_post(small: TestClient, path: str) -> None:  # type: ignore[type-arg]
     """Another method on a completion route is a 405 naming what is allowed; OPTIONS says it;
