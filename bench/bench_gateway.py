@@ -47,6 +47,7 @@ from benchlib import ROOT, BenchError, machine_facts
 from gateway_client import (
     CHAT_PATH,
     Conn,
+    WrkResult,
     chat_body,
     latencies,
     post_bytes,
@@ -161,6 +162,17 @@ def _connect(side: Side) -> Iterator[Conn]:
         conn.close()
 
 
+def _timed_wrk(s: Settings, p: Side, script: Path) -> tuple[WrkResult, float]:
+    """One wrk run on `p` after a short pause; the result and the server's CPU µs per request."""
+    time.sleep(0.5)
+    cpu0 = _cpu_seconds(p.pid)
+    res = run_wrk(
+        f"http://{HOST}:{p.port}{CHAT_PATH}", script, connections=s.connections, seconds=s.wrk_s
+    )
+    cpu = _cpu_seconds(p.pid) - cpu0
+    return res, (cpu / res.requests * 1e6 if res.requests else 0.0)
+
+
 def _run_phases(s: Settings, run_dir: Path, paths: list[Side], log: Callable[[str], None]) -> None:
     plain = chat_body(MODEL, stream=False, max_tokens=s.chunks)
     streamed = chat_body(MODEL, stream=True, max_tokens=s.chunks)
@@ -200,17 +212,9 @@ def _run_phases(s: Settings, run_dir: Path, paths: list[Side], log: Callable[[st
         )
     for r in range(s.rounds):
         for p in _rotated(paths, r):
-            time.sleep(0.5)
-            cpu0 = _cpu_seconds(p.pid)
-            res = run_wrk(
-                f"http://{HOST}:{p.port}{CHAT_PATH}",
-                scripts[p.key],
-                connections=s.connections,
-                seconds=s.wrk_s,
-            )
-            cpu = _cpu_seconds(p.pid) - cpu0
+            res, cpu_us = _timed_wrk(s, p, scripts[p.key])
             p.rps.append(res.rps)
-            p.cpu_us.append(cpu / res.requests * 1e6 if res.requests else 0.0)
+            p.cpu_us.append(cpu_us)
             if res.socket_errors:
                 log(f"  {p.key}: wrk socket errors: {res.socket_errors}")
         log(f"  round {r + 1}: req/s " + ", ".join(f"{p.key} {p.rps[-1]:.0f}" for p in paths))
@@ -221,17 +225,9 @@ def _run_phases(s: Settings, run_dir: Path, paths: list[Side], log: Callable[[st
     }
     for r in range(s.rounds):
         for p in _rotated(paths, r):
-            time.sleep(0.5)
-            cpu0 = _cpu_seconds(p.pid)
-            res = run_wrk(
-                f"http://{HOST}:{p.port}{CHAT_PATH}",
-                stream_scripts[p.key],
-                connections=s.connections,
-                seconds=s.wrk_s,
-            )
-            cpu = _cpu_seconds(p.pid) - cpu0
+            res, cpu_us = _timed_wrk(s, p, stream_scripts[p.key])
             p.stream_rps.append(res.rps)
-            p.stream_cpu_us.append(cpu / res.requests * 1e6 if res.requests else 0.0)
+            p.stream_cpu_us.append(cpu_us)
         log(
             f"  round {r + 1}: CPU us per request "
             + ", ".join(f"{p.key} {p.stream_cpu_us[-1]:.0f}" for p in paths)

@@ -26,7 +26,6 @@ from inference.validation import (
     RequestError,
     check_chat,
     check_completion,
-    check_forbidden,
     decode_body,
 )
 
@@ -90,7 +89,7 @@ class CompletionRoutes:
         cfg: GatewayConfig = self.state.config
         caller = await access.check_scope(scope)
         body = decode_body(await _body(scope, receive, cfg.max_body_bytes))
-        check_forbidden(body)
+        # Each check refuses an upstream-choosing field first, before any other.
         if kind == "chat":
             check_chat(body, cfg.max_tokens_limit)
         else:
@@ -185,7 +184,7 @@ async def _stream(
                 except StopAsyncIteration:
                     rest = None
                     break
-                out.append(b"data: " + _encode(chunk) + b"\n\n")
+                out.append(_event(chunk))
                 if first:
                     first = False
                     await send(_piece(out.pop()))
@@ -194,9 +193,7 @@ async def _stream(
         except Exception as exc:
             rest = None
             error = failure_of(exc)[1]
-        out.append(_DONE if error is None else b"data: " + _encode(error_body(path, 502, error)))
-        if error is not None:
-            out.append(b"\n\n")
+        out.append(_DONE if error is None else _event(error_body(path, 502, error)))
         streaming = False
         await send({"type": "http.response.body", "body": b"".join(out)})
     except asyncio.CancelledError:
@@ -212,6 +209,10 @@ async def _stream(
             rest.abandon()
         # The relay's own finally frees the backend's slot and writes the telemetry.
         await chunks.aclose()
+
+
+def _event(data: Any) -> bytes:
+    return b"data: " + _encode(data) + b"\n\n"
 
 
 def _piece(body: bytes) -> dict[str, Any]:
