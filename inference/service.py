@@ -7,7 +7,7 @@ breaker, metrics, the telemetry spool, schema checks) happens here, once for bot
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -154,23 +154,28 @@ class Gateway:
 
     async def open_stream(
         self, call: Call, kind: Kind, body: Json
-    ) -> tuple[StreamState, AsyncGenerator[Json, None]]:
-        """Start a stream; fall back until a target yields its first chunk."""
+    ) -> tuple[StreamState, AsyncGenerator[list[Json], None]]:
+        """Start a stream; fall back until a target yields its first chunks.
+
+        Each item of the stream is the chunks that came in together (never empty).
+        """
         needs = _needs(kind, body, call.schema)
         state = StreamState()
 
-        async def attempt(slot: Slot, model: str) -> tuple[AsyncIterator[Json], Json | None]:
-            chunks = slot.backend.stream(kind, {**body, "model": model, "stream": True})
+        async def attempt(
+            slot: Slot, model: str
+        ) -> tuple[AsyncGenerator[list[Json], None], list[Json] | None]:
+            batches = slot.backend.stream(kind, {**body, "model": model, "stream": True})
             try:
-                first = await anext(chunks)
+                first = await anext(batches)
             except StopAsyncIteration:
                 first = None
-            return chunks, first
+            return batches, first
 
-        slot, model, (chunks, first) = await self._first_working(call, needs, attempt)
+        slot, model, (batches, first) = await self._first_working(call, needs, attempt)
         state.backend, state.model = slot.backend.name, model
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return state, self._relay(call, kind, body, slot, state, chunks, first, want_usage)
+        return state, self._relay(call, kind, body, slot, state, batches, first, want_usage)
 
     async def _relay(
         self,
@@ -179,35 +184,32 @@ class Gateway:
         body: Json,
         slot: Slot,
         state: StreamState,
-        chunks: AsyncIterator[Json],
-        first: Json | None,
+        batches: AsyncGenerator[list[Json], None],
+        first: list[Json] | None,
         want_usage: bool,
-    ) -> AsyncGenerator[Json, None]:
+    ) -> AsyncGenerator[list[Json], None]:
         ttft: float | None = None
         keep_text = self.capture or call.schema is not None
         try:
-            pending = [first] if first is not None else []
-            while True:
-                if pending:
-                    chunk = pending.pop()
-                else:
-                    try:
-                        chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        break
-                if chunk.get("usage"):
-                    state.usage = chunk["usage"]
-                choices = chunk.get("choices") or []
-                if choices and choices[0].get("finish_reason"):
-                    state.finish = choices[0]["finish_reason"]
-                text = chunk_text(kind, chunk)
-                if text and ttft is None:
-                    ttft = time.perf_counter() - call.started
-                if text and keep_text:
-                    state.text.append(text)
-                if not choices and not want_usage:
-                    continue  # a usage-only chunk the client did not ask for
-                yield chunk
+            batch = first
+            while batch is not None:
+                out: list[Json] = []
+                for chunk in batch:
+                    if chunk.get("usage"):
+                        state.usage = chunk["usage"]
+                    choices = chunk.get("choices") or []
+                    if choices and choices[0].get("finish_reason"):
+                        state.finish = choices[0]["finish_reason"]
+                    text = chunk_text(kind, chunk)
+                    if text and ttft is None:
+                        ttft = time.perf_counter() - call.started
+                    if text and keep_text:
+                        state.text.append(text)
+                    if choices or want_usage:  # else a usage-only chunk not asked for
+                        out.append(chunk)
+                if out:
+                    yield out
+                batch = await anext(batches, None)
             if call.schema is not None and state.finish != "length":
                 state.error = answer_problem(call.schema, "".join(state.text))
         except BackendError as exc:
@@ -216,6 +218,8 @@ class Gateway:
             slot.breaker.failure()
             self.log.warning("stream_broken", backend=slot.backend.name, error=exc.message)
         finally:
+            # The upstream call ends here, not whenever the generator is collected.
+            await batches.aclose()
             seconds = time.perf_counter() - call.started
             self._release(slot, seconds)
             if ttft is not None:

@@ -7,7 +7,7 @@ dialect and the Ollama backend are translated to and from it in `inference.trans
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -79,8 +79,9 @@ class Backend:
         """A whole chat or text completion for a canonical request."""
         raise BackendError(400, f"{self.type_name} backends cannot do {kind}", retryable=False)
 
-    def stream(self, kind: Kind, body: Json) -> AsyncIterator[Json]:
-        """Chunks of a chat or text completion, OpenAI-shaped, as they are produced."""
+    def stream(self, kind: Kind, body: Json) -> AsyncGenerator[list[Json], None]:
+        """Chunks of a chat or text completion, OpenAI-shaped, as they are produced: each
+        item the chunks that came in together (never empty)."""
         raise BackendError(400, f"{self.type_name} backends cannot stream", retryable=False)
 
     async def embed(self, body: Json) -> Json:

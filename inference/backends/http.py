@@ -5,7 +5,7 @@ retryable or not."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -124,8 +124,8 @@ class HttpBackend(Backend):
         except msgspec.DecodeError as exc:
             raise BackendError(502, f"{self.name}: answer is not JSON", retryable=True) from exc
 
-    async def post_lines(self, path: str, body: Json) -> AsyncIterator[bytes]:
-        """POST and yield the answer's non-empty lines as they arrive.
+    async def post_lines(self, path: str, body: Json) -> AsyncGenerator[list[bytes], None]:
+        """POST and yield the answer's non-empty lines, stripped, those in together at once.
 
         Errors before the first line are retryable; after it they end the stream.
         """
@@ -133,15 +133,10 @@ class HttpBackend(Backend):
         idle = self.cfg.stream_idle_timeout_s
         try:
             async with await self._post(path, body) as resp:
-                while True:
-                    # A stalled upstream must not hang the client until `timeout_s`.
-                    raw = await resp.readline(idle)
-                    if not raw:
-                        return
-                    line = raw.strip()
-                    if line:
-                        started = True
-                        yield line
+                # A stalled upstream must not hang the client until `timeout_s`.
+                while lines := await resp.lines(idle):
+                    started = True
+                    yield lines
         except TimeoutError as exc:  # before OSError, of which it is a subclass
             raise BackendError(
                 504, f"{self.name}: upstream stalled or timed out", retryable=not started

@@ -10,7 +10,7 @@ import asyncio
 import concurrent.futures
 import functools
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +149,8 @@ class LlamaCppBackend(Backend):
         result["model"] = body["model"]
         return Reply(result)
 
-    async def stream(self, kind: Kind, body: Json) -> AsyncIterator[Json]:
-        """Chunks handed from the model thread through a queue as each token comes out."""
+    async def stream(self, kind: Kind, body: Json) -> AsyncGenerator[list[Json], None]:
+        """Chunks handed from the model thread through a queue, one per token as it comes out."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
@@ -185,18 +185,20 @@ class LlamaCppBackend(Backend):
                     ) from item
                 completion_tokens += 1 if _has_content(kind, item) else 0
                 item["model"] = body["model"]
-                yield item
-            yield {
-                "id": "usage",
-                "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-                "model": body["model"],
-                "choices": [],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            }
+                yield [item]
+            yield [
+                {
+                    "id": "usage",
+                    "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+                    "model": body["model"],
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                    },
+                }
+            ]
         finally:
             stop.set()
             await asyncio.shield(future)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import msgspec
 
@@ -31,19 +31,22 @@ class OllamaBackend(HttpBackend):
         data, _ = await self.post_json(path, native)
         return Reply(translate.from_ollama_native(kind, data, _reply_id(kind)))
 
-    async def stream(self, kind: Kind, body: Json) -> AsyncIterator[Json]:
-        """NDJSON lines → canonical chunks."""
+    async def stream(self, kind: Kind, body: Json) -> AsyncGenerator[list[Json], None]:
+        """NDJSON lines → canonical chunks, those in together at once."""
         path, native = translate.to_ollama_native(kind, {**body, "stream": True}, self.keep_alive)
         reply_id = _reply_id(kind)
-        async for line in self.post_lines(path, native):
-            try:
-                data = _decode(line)
-            except msgspec.DecodeError as exc:
-                raise BackendError(502, f"{self.name}: bad stream line", retryable=False) from exc
-            if isinstance(data, dict) and "error" in data:
-                message = self.redact(str(data["error"]))
-                raise BackendError(502, f"{self.name}: {message}", retryable=False)
-            yield translate.from_ollama_native_chunk(kind, data, reply_id)
+        async for lines in self.post_lines(path, native):
+            yield [self._chunk(kind, line, reply_id) for line in lines]
+
+    def _chunk(self, kind: Kind, line: bytes, reply_id: str) -> Json:
+        try:
+            data = _decode(line)
+        except msgspec.DecodeError as exc:
+            raise BackendError(502, f"{self.name}: bad stream line", retryable=False) from exc
+        if isinstance(data, dict) and "error" in data:
+            message = self.redact(str(data["error"]))
+            raise BackendError(502, f"{self.name}: {message}", retryable=False)
+        return translate.from_ollama_native_chunk(kind, data, reply_id)
 
     async def embed(self, body: Json) -> Json:
         """`/api/embed`."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import cast
 
 import msgspec
 
@@ -28,27 +29,36 @@ class OpenAICompatBackend(HttpBackend):
         data, raw = await self.post_json(_PATHS[kind], self.prepare(kind, body))
         return Reply(data, raw)
 
-    async def stream(self, kind: Kind, body: Json) -> AsyncIterator[Json]:
-        """Server-sent events → chunk dicts; `[DONE]` ends the stream."""
+    async def stream(self, kind: Kind, body: Json) -> AsyncGenerator[list[Json], None]:
+        """Server-sent events → chunk dicts, those in together at once; `[DONE]` ends it."""
         wanted = self.prepare(kind, body)
         # Ask for the usage chunk so token counts are known; the service drops it again
         # for clients that did not ask for it.
         wanted = {**wanted, "stream": True, "stream_options": {"include_usage": True}}
-        async for line in self.post_lines(_PATHS[kind], wanted):
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                return
-            try:
-                chunk = _decode(payload)
-            except msgspec.DecodeError as exc:
-                raise BackendError(502, f"{self.name}: bad stream chunk", retryable=False) from exc
-            if isinstance(chunk, dict) and "error" in chunk:
-                err = chunk["error"]
-                message = err.get("message", "") if isinstance(err, dict) else str(err)
-                raise BackendError(502, f"{self.name}: {self.redact(message)}", retryable=False)
-            yield chunk
+        async for lines in self.post_lines(_PATHS[kind], wanted):
+            chunks: list[Json] = []
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    if chunks:
+                        yield chunks
+                    return
+                chunks.append(self._chunk(payload))
+            if chunks:
+                yield chunks
+
+    def _chunk(self, payload: bytes) -> Json:
+        try:
+            chunk = _decode(payload)
+        except msgspec.DecodeError as exc:
+            raise BackendError(502, f"{self.name}: bad stream chunk", retryable=False) from exc
+        if isinstance(chunk, dict) and "error" in chunk:
+            err = chunk["error"]
+            message = err.get("message", "") if isinstance(err, dict) else str(err)
+            raise BackendError(502, f"{self.name}: {self.redact(message)}", retryable=False)
+        return cast(Json, chunk)
 
     async def embed(self, body: Json) -> Json:
         """POST `/embeddings`."""

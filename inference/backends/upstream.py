@@ -204,22 +204,28 @@ class Response:
             await conn.wait()
         return self._rest + conn.take()
 
-    async def readline(self, idle_timeout: float) -> bytes:
-        """The next line, with its newline; b"" at the end. Waits at most `idle_timeout`
-        for each piece of the body."""
+    async def lines(self, idle_timeout: float) -> list[bytes]:
+        """The complete non-empty lines in so far, stripped (at least one); [] at the end.
+        Waits at most `idle_timeout` for each piece of the body.
+
+        All the lines that are in come back together: an upstream that sends several events
+        in one packet costs one call here, not one per line.
+        """
         conn = self._conn
         conn.wake_on_body = True
         while True:
-            end = self._rest.find(b"\n")
-            if end >= 0:
-                line, self._rest = self._rest[: end + 1], self._rest[end + 1 :]
-                return line
             if conn.body:
                 self._rest += conn.take()
+            end = self._rest.rfind(b"\n")
+            if end >= 0:
+                whole, self._rest = self._rest[:end], self._rest[end + 1 :]
+                found = [line for line in map(bytes.strip, whole.split(b"\n")) if line]
+                if found:
+                    return found
                 continue
             if conn.complete:
-                line, self._rest = self._rest, b""
-                return line
+                last, self._rest = self._rest.strip(), b""
+                return [last] if last else []
             stall = conn.loop.call_later(idle_timeout, conn.on_stall)
             try:
                 await conn.wait()

@@ -99,8 +99,8 @@ class CompletionRoutes:
             reply, _ = await gateway.generate(call, kind, body)
             await _whole(send, 200, reply.raw if reply.raw is not None else _encode(reply.body))
             return
-        state, chunks = await gateway.open_stream(call, kind, body)
-        await _stream(scope["path"], receive, send, state, chunks)
+        state, batches = await gateway.open_stream(call, kind, body)
+        await _stream(scope["path"], receive, send, state, batches)
 
 
 async def _body(scope: Any, receive: Any, limit: int) -> bytes:
@@ -145,14 +145,18 @@ async def _method(scope: Any, send: Any) -> None:
 
 
 async def _stream(
-    path: str, receive: Any, send: Any, state: StreamState, chunks: AsyncGenerator[Json, None]
+    path: str,
+    receive: Any,
+    send: Any,
+    state: StreamState,
+    batches: AsyncGenerator[list[Json], None],
 ) -> None:
-    """Relay `chunks` as server-sent events; a client that leaves stops the upstream call.
+    """Relay `batches` as server-sent events; a client that leaves stops the upstream call.
 
     Events that are in at once go out in one write: a write is a system call, and an
     upstream that sends several chunks in one packet would otherwise cost one per chunk.
     Nothing waits to be batched: whatever is in goes out before the next wait, and the first
-    event goes out on its own.
+    batch goes out on its own.
     """
     task = asyncio.current_task()
     streaming, left = True, False
@@ -174,20 +178,21 @@ async def _stream(
         try:
             while True:
                 try:
-                    chunk, rest = _step(chunks)
+                    batch, rest = _step(batches)
                     if rest is not None:
                         if out:
                             await send(_piece(b"".join(out)))
                             out.clear()
-                        chunk = await rest
+                        batch = await rest
                         rest = None
                 except StopAsyncIteration:
                     rest = None
                     break
-                out.append(_event(chunk))
+                out.extend(map(_event, batch))
                 if first:
                     first = False
-                    await send(_piece(out.pop()))
+                    await send(_piece(b"".join(out)))
+                    out.clear()
             # A failure after the first byte: an error event, then the stream ends (no [DONE]).
             error = state.error
         except Exception as exc:
@@ -208,7 +213,7 @@ async def _stream(
         if rest is not None:
             rest.abandon()
         # The relay's own finally frees the backend's slot and writes the telemetry.
-        await chunks.aclose()
+        await batches.aclose()
 
 
 def _event(data: Any) -> bytes:
@@ -219,18 +224,20 @@ def _piece(body: bytes) -> dict[str, Any]:
     return {"type": "http.response.body", "body": body, "more_body": True}
 
 
-def _step(chunks: AsyncGenerator[Json, None]) -> tuple[Json, _Rest | None]:
-    """The next chunk if it is in without waiting, else what to await for it.
+def _step(
+    batches: AsyncGenerator[list[Json], None],
+) -> tuple[list[Json], _Rest | None]:
+    """The next batch if it is in without waiting, else what to await for it.
 
-    Runs the generator's next step up to its first wait: chunks already buffered upstream
-    come back at once (StopAsyncIteration at the end), as `anext` would give them.
+    Runs the generator's next step up to its first wait: what is already buffered upstream
+    comes back at once (StopAsyncIteration at the end), as `anext` would give it.
     """
-    step = chunks.__anext__().__await__()
+    step = batches.__anext__().__await__()
     try:
         waiting_on = step.send(None)
     except StopIteration as done:
         return done.value, None
-    return {}, _Rest(step, waiting_on)
+    return [], _Rest(step, waiting_on)
 
 
 class _Rest:
@@ -239,11 +246,11 @@ class _Rest:
 
     __slots__ = ("step", "waiting_on")
 
-    def __init__(self, step: Generator[Any, None, Json], waiting_on: Any) -> None:
+    def __init__(self, step: Generator[Any, None, list[Json]], waiting_on: Any) -> None:
         self.step = step
         self.waiting_on = waiting_on
 
-    def __await__(self) -> Generator[Any, None, Json]:
+    def __await__(self) -> Generator[Any, None, list[Json]]:
         step, waiting_on = self.step, self.waiting_on
         while True:
             try:
@@ -256,12 +263,12 @@ class _Rest:
                 try:
                     waiting_on = step.throw(exc)
                 except StopIteration as done:
-                    return cast(Json, done.value)
+                    return cast(list[Json], done.value)
                 continue
             try:
                 waiting_on = step.send(sent)
             except StopIteration as done:
-                return cast(Json, done.value)
+                return cast(list[Json], done.value)
 
     def abandon(self) -> None:
         """Cancel the step where it waits (the stream was cut before it was awaited)."""

@@ -132,9 +132,9 @@ async def _answer(
         if generate:
             return Response(translate.to_ollama_generate(reply.body, kind, call.requested, elapsed))
         return Response(translate.to_ollama_chat(reply.body, call.requested, elapsed))
-    state, chunks = await gateway.open_stream(call, kind, body)
+    state, batches = await gateway.open_stream(call, kind, body)
     return Stream(
-        _ndjson(kind, state, chunks, call.requested, generate, call.started),
+        _ndjson(kind, state, batches, call.requested, generate, call.started),
         media_type="application/x-ndjson",
     )
 
@@ -142,15 +142,17 @@ async def _answer(
 async def _ndjson(
     kind: Kind,
     state: StreamState,
-    chunks: AsyncIterator[Json],
+    batches: AsyncIterator[list[Json]],
     model: str,
     generate: bool,
     started: float,
 ) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        line = translate.to_ollama_chunk(kind, chunk, model, generate)
-        if line is not None:
-            yield _encode(line) + b"\n"
+    async for batch in batches:
+        # The lines that came in together go out in one write.
+        lines = [translate.to_ollama_chunk(kind, chunk, model, generate) for chunk in batch]
+        out = b"".join(_encode(line) + b"\n" for line in lines if line is not None)
+        if out:
+            yield out
     if state.error:
         yield _encode({"error": state.error}) + b"\n"
         return

@@ -18,7 +18,7 @@ async def _never() -> Message:
     raise AssertionError("unreachable")
 
 
-def _run(receive: Any, chunks: AsyncGenerator[dict[str, Any], None]) -> list[bytes]:
+def _run(receive: Any, chunks: AsyncGenerator[list[dict[str, Any]], None]) -> list[bytes]:
     bodies: list[bytes] = []
 
     async def send(message: Message) -> None:
@@ -35,20 +35,35 @@ def _run(receive: Any, chunks: AsyncGenerator[dict[str, Any], None]) -> list[byt
 
 
 def test_events_in_at_once_leave_in_one_write() -> None:
-    """1 alone (the first), 2 before the wait (nothing waits to be batched), then 3, 4 and
-    [DONE], which were all in, in one write."""
+    """1 alone (the first), 2 before the wait (nothing waits to be batched), then 3 and 4,
+    whose reads were both in, 5 and 6 that came in together, and [DONE], in one write."""
 
-    async def chunks() -> AsyncGenerator[dict[str, Any], None]:
-        yield {"n": 1}
-        yield {"n": 2}
+    async def chunks() -> AsyncGenerator[list[dict[str, Any]], None]:
+        yield [{"n": 1}]
+        yield [{"n": 2}]
         await asyncio.sleep(0.05)
-        yield {"n": 3}
-        yield {"n": 4}
+        yield [{"n": 3}]
+        yield [{"n": 4}]
+        yield [{"n": 5}, {"n": 6}]
 
     assert _run(_never, chunks()) == [
         b'data: {"n":1}\n\n',
         b'data: {"n":2}\n\n',
-        b'data: {"n":3}\n\ndata: {"n":4}\n\ndata: [DONE]\n\n',
+        b'data: {"n":3}\n\ndata: {"n":4}\n\ndata: {"n":5}\n\ndata: {"n":6}\n\ndata: [DONE]\n\n',
+    ]
+
+
+def test_a_first_batch_goes_out_whole_and_at_once() -> None:
+    """Chunks that came in together with the first go out with it, before any wait."""
+
+    async def chunks() -> AsyncGenerator[list[dict[str, Any]], None]:
+        yield [{"n": 1}, {"n": 2}]
+        await asyncio.sleep(0.05)
+        yield [{"n": 3}]
+
+    assert _run(_never, chunks()) == [
+        b'data: {"n":1}\n\ndata: {"n":2}\n\n',
+        b'data: {"n":3}\n\ndata: [DONE]\n\n',
     ]
 
 
@@ -57,11 +72,11 @@ def test_a_client_that_leaves_cuts_the_stream_where_it_waits() -> None:
     the upstream's next piece), no [DONE] is sent, and the upstream side is closed."""
     closed: list[str] = []
 
-    async def chunks() -> AsyncGenerator[dict[str, Any], None]:
+    async def chunks() -> AsyncGenerator[list[dict[str, Any]], None]:
         try:
-            yield {"n": 1}
+            yield [{"n": 1}]
             await asyncio.sleep(30)
-            yield {"n": 2}
+            yield [{"n": 2}]
         finally:
             closed.append("upstream closed")
 
@@ -80,12 +95,12 @@ def test_a_client_that_leaves_while_a_write_is_stuck_still_closes_the_upstream()
     closed: list[str] = []
     bodies: list[bytes] = []
 
-    async def chunks() -> AsyncGenerator[dict[str, Any], None]:
+    async def chunks() -> AsyncGenerator[list[dict[str, Any]], None]:
         try:
-            yield {"n": 1}
-            yield {"n": 2}
+            yield [{"n": 1}]
+            yield [{"n": 2}]
             await asyncio.sleep(30)
-            yield {"n": 3}
+            yield [{"n": 3}]
         finally:
             closed.append("upstream closed")
 
