@@ -65,6 +65,7 @@ class _BoundedHead(HttpToolsProtocol):
         """The head is whole: hand the request to the app as uvicorn does."""
         self._in_head = False
         super().on_headers_complete()
+        self.cycle.transport = _HeadWithBody(self.transport)  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         """Parse as uvicorn does; also refuse a single field that never ends."""
@@ -112,6 +113,47 @@ class _BoundedHead(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         asyncio.get_running_loop().call_later(_DISCARD_S, self.transport.close)
+
+
+class _HeadWithBody:
+    """The transport a request's cycle writes through: a response's head waits for the
+    first piece of its body, so the two leave in one system call (uvicorn writes them
+    apart). A head whose body is not sent at once goes out alone at the end of this turn of
+    the event loop; everything else is the real transport's.
+    """
+
+    __slots__ = ("_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        """Hold a response head; write anything else at once, after a held head."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data.startswith(b"HTTP/1.1 "):
+            self._held = data
+            asyncio.get_running_loop().call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Write a held head now."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        """Close after writing what is held."""
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 _HEADERS_MESSAGE = f"request header fields longer than {MAX_HEADER_BYTES} bytes in all"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import cast
 
 import msgspec
@@ -35,19 +36,22 @@ class OpenAICompatBackend(HttpBackend):
         # Ask for the usage chunk so token counts are known; the service drops it again
         # for clients that did not ask for it.
         wanted = {**wanted, "stream": True, "stream_options": {"include_usage": True}}
-        async for lines in self.post_lines(_PATHS[kind], wanted):
-            chunks: list[Json] = []
-            for line in lines:
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    if chunks:
-                        yield chunks
-                    return
-                chunks.append(self._chunk(payload))
-            if chunks:
-                yield chunks
+        # Closed here at `[DONE]`: left to the garbage collector, the upstream connection
+        # would go back to the pool a loop turn later, through a task of its own.
+        async with aclosing(self.post_lines(_PATHS[kind], wanted)) as batches:
+            async for lines in batches:
+                chunks: list[Json] = []
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        if chunks:
+                            yield chunks
+                        return
+                    chunks.append(self._chunk(payload))
+                if chunks:
+                    yield chunks
 
     def _chunk(self, payload: bytes) -> Json:
         try:

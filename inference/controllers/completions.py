@@ -46,6 +46,7 @@ _SSE_HEADERS = [
     _NOSNIFF,
 ]
 _DONE = b"data: [DONE]\n\n"
+_MOST_EVENTS_PER_WRITE = 256  # an upstream far ahead of its client still streams
 
 
 class ClientGone(Exception):
@@ -153,10 +154,10 @@ async def _stream(
 ) -> None:
     """Relay `batches` as server-sent events; a client that leaves stops the upstream call.
 
-    Events that are in at once go out in one write: a write is a system call, and an
-    upstream that sends several chunks in one packet would otherwise cost one per chunk.
-    Nothing waits to be batched: whatever is in goes out before the next wait, and the first
-    batch goes out on its own.
+    Events that are in at once go out in one write, the response's head with the first
+    (httplimits): a write is a system call, and an upstream that sends several chunks in
+    one packet would otherwise cost one per chunk. Nothing waits to be batched: whatever is
+    in goes out before the next wait.
     """
     task = asyncio.current_task()
     streaming, left = True, False
@@ -174,7 +175,6 @@ async def _stream(
     try:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         out: list[bytes] = []
-        first = True  # the first event goes out alone: time to first token is what callers see
         try:
             while True:
                 try:
@@ -189,8 +189,7 @@ async def _stream(
                     rest = None
                     break
                 out.extend(map(_event, batch))
-                if first:
-                    first = False
+                if len(out) >= _MOST_EVENTS_PER_WRITE:
                     await send(_piece(b"".join(out)))
                     out.clear()
             # A failure after the first byte: an error event, then the stream ends (no [DONE]).

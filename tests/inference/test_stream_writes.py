@@ -1,5 +1,5 @@
-"""How a streamed answer leaves the gateway: what is in at once goes out in one write, the
-first event alone, nothing waits for a batch, and a client that leaves cuts the upstream."""
+"""How a streamed answer leaves the gateway: what is in at once goes out in one write,
+nothing waits for a batch, and a client that leaves cuts the upstream."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def _run(receive: Any, chunks: AsyncGenerator[list[dict[str, Any]], None]) -> li
 
 
 def test_events_in_at_once_leave_in_one_write() -> None:
-    """1 alone (the first), 2 before the wait (nothing waits to be batched), then 3 and 4,
-    whose reads were both in, 5 and 6 that came in together, and [DONE], in one write."""
+    """1 and 2 were in together and go out before the wait (nothing waits to be batched);
+    then 3 and 4, whose reads were both in, 5 and 6 that came in together, and [DONE]."""
 
     async def chunks() -> AsyncGenerator[list[dict[str, Any]], None]:
         yield [{"n": 1}]
@@ -47,24 +47,21 @@ def test_events_in_at_once_leave_in_one_write() -> None:
         yield [{"n": 5}, {"n": 6}]
 
     assert _run(_never, chunks()) == [
-        b'data: {"n":1}\n\n',
-        b'data: {"n":2}\n\n',
+        b'data: {"n":1}\n\ndata: {"n":2}\n\n',
         b'data: {"n":3}\n\ndata: {"n":4}\n\ndata: {"n":5}\n\ndata: {"n":6}\n\ndata: [DONE]\n\n',
     ]
 
 
-def test_a_first_batch_goes_out_whole_and_at_once() -> None:
-    """Chunks that came in together with the first go out with it, before any wait."""
+def test_a_stream_far_ahead_of_its_writes_still_goes_out_in_pieces() -> None:
+    """600 events all in at once: written 256 at a time, not held until the end."""
 
     async def chunks() -> AsyncGenerator[list[dict[str, Any]], None]:
-        yield [{"n": 1}, {"n": 2}]
-        await asyncio.sleep(0.05)
-        yield [{"n": 3}]
+        for n in range(600):
+            yield [{"n": n}]
 
-    assert _run(_never, chunks()) == [
-        b'data: {"n":1}\n\ndata: {"n":2}\n\n',
-        b'data: {"n":3}\n\ndata: [DONE]\n\n',
-    ]
+    bodies = _run(_never, chunks())
+    assert [body.count(b"data: ") for body in bodies] == [256, 256, 89]
+    assert bodies[-1].endswith(b'data: {"n":599}\n\ndata: [DONE]\n\n')
 
 
 def test_a_client_that_leaves_cuts_the_stream_where_it_waits() -> None:
@@ -98,6 +95,7 @@ def test_a_client_that_leaves_while_a_write_is_stuck_still_closes_the_upstream()
     async def chunks() -> AsyncGenerator[list[dict[str, Any]], None]:
         try:
             yield [{"n": 1}]
+            await asyncio.sleep(0.01)
             yield [{"n": 2}]
             await asyncio.sleep(30)
             yield [{"n": 3}]

@@ -45,8 +45,8 @@ def test_lines_cut_anywhere_come_back_whole_and_in_order() -> None:
     events and a last line with no newline: every line whole, in order, none empty, and
     the two lines that arrived in one packet in one batch."""
     packets = [
-        _HEAD + _frame(b"data: {\"a\""),
-        _frame(b": 1}\r\n\r\ndata: {\"b\": 2}\n\ndata: {\"c\""),
+        _HEAD + _frame(b'data: {"a"'),
+        _frame(b': 1}\r\n\r\ndata: {"b": 2}\n\ndata: {"c"'),
         _frame(b": 3}\n") + _frame(b"\n"),
         _frame(b"data: [DONE]") + b"0\r\n\r\n",
     ]
