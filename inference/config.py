@@ -3,67 +3,25 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, TypeAlias, Union
 
 import msgspec
 
-Positive = Annotated[int, msgspec.Meta(gt=0)]
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+from inference.backends import registry
+from inference.backends.base import BaseConfig, Name, Positive, PositiveFloat
+
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
-Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
 
 DEFAULT_MODEL = "smollm2-135m"
 """The model name the embedded llama.cpp default serves."""
 
-
-class _Backend(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_field="type"):
-    name: Name
-    models: list[Name] = msgspec.field(default_factory=list)
-    max_concurrency: Positive = 8
-    max_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
-    queue_timeout_s: PositiveFloat = 30.0
-    timeout_s: PositiveFloat = 300.0
-
-
-class _Remote(_Backend, kw_only=True):
-    url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
-    stream_idle_timeout_s: PositiveFloat = 60.0
-    api_key_env: str = ""
-    api_key_file: str = ""
-
-
-class LlamaCppBackend(_Backend, tag="llamacpp", kw_only=True):
-    """llama-cpp-python in this process. `path` names a GGUF file; or `slot` + `version`."""
-
-    path: str = ""
-    slot: str = ""
-    version: str = "latest"
-    n_ctx: Positive = 2048
-    n_threads: Annotated[int, msgspec.Meta(ge=0)] = 0
-    max_concurrency: Positive = 1
-
-
-class VllmBackend(_Remote, tag="vllm", kw_only=True):
-    """A vLLM OpenAI-compatible server."""
-
-    structured_output_param: Literal["structured_outputs", "guided_json"] = "structured_outputs"
-
-
-class OllamaBackend(_Remote, tag="ollama", kw_only=True):
-    """An Ollama server, through its native API."""
-
-    keep_alive: str = "5m"
-
-
-class MlxBackend(_Remote, tag="mlx", kw_only=True):
-    """An `mlx_lm.server` (a Mac Mini)."""
-
-
-class OpenAIBackend(_Remote, tag="openai", kw_only=True):
-    """Any other OpenAI-compatible upstream (a cloud fallback needs `api_key_env`/`_file`)."""
-
-
-BackendConfig = LlamaCppBackend | VllmBackend | OllamaBackend | MlxBackend | OpenAIBackend
+# The `[[inference.backends]]` union, one member per registered type, tagged on `type`:
+# msgspec refuses a table whose `type` no module registered, naming the bad value. mypy
+# cannot follow a union built at run time, so it sees the common base instead.
+if TYPE_CHECKING:
+    BackendConfig: TypeAlias = BaseConfig
+else:
+    BackendConfig = Union[registry.config_structs()]  # noqa: UP007 (a tuple needs Union[])
 
 
 class InferenceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -167,12 +125,8 @@ def check_inference(inf: InferenceConfig) -> list[tuple[str, str]]:
     served = {m for b in inf.backends for m in b.models} or {DEFAULT_MODEL}
     for i, backend in enumerate(inf.backends):
         where, key = f"backend {backend.name!r}", f"inference.backends[{i}]"
-        if isinstance(backend, LlamaCppBackend) and bool(backend.path) == bool(backend.slot):
-            problems.append((key, f"{where}: give exactly one of path or slot"))
-        if not backend.models:
-            problems.append((f"{key}.models", f"{where}: `models` is empty"))
-        if isinstance(backend, _Remote) and backend.api_key_env and backend.api_key_file:
-            problems.append((key, f"{where}: both api_key_env and api_key_file are set"))
+        for sub, problem in backend.problems():
+            problems.append((f"{key}.{sub}" if sub else key, f"{where}: {problem}"))
     for alias, targets in inf.aliases.items():
         key = f"inference.aliases.{alias}"
         if alias in served:

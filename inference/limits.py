@@ -36,7 +36,7 @@ class Limiter:
         return max(1, min(60, math.ceil(self._avg_s * ahead / self.concurrency)))
 
     async def acquire(self) -> None:
-        """Take a slot or raise Saturated."""
+        """Take a place (one of `concurrency`) or raise Saturated."""
         if self.active < self.concurrency and not self.waiting:
             await self._sem.acquire()  # free right now: does not block
             self.active += 1
@@ -53,7 +53,7 @@ class Limiter:
         self.active += 1
 
     def release(self, seconds: float | None = None) -> None:
-        """Give the slot back; `seconds` (the call's duration) feeds the estimate."""
+        """Give the place back; `seconds` (the call's duration) feeds the estimate."""
         self.active -= 1
         self._sem.release()
         if seconds is not None:

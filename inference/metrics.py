@@ -50,7 +50,7 @@ class GatewayMetrics:
         )
         self.queue_depth = Gauge(
             "fieldbox_gateway_queue_depth",
-            "Calls waiting for a backend slot",
+            "Calls waiting for their turn at a backend",
             ["backend"],
             registry=r,
         )

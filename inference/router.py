@@ -11,21 +11,10 @@ from pathlib import Path
 import structlog
 
 from inference import slots
+from inference.backends import registry
 from inference.backends.base import Backend, Health, Json
-from inference.backends.llamacpp import LlamaCppBackend
-from inference.backends.mlx import MlxBackend
-from inference.backends.ollama import OllamaBackend
-from inference.backends.openai import OpenAICompatBackend
-from inference.backends.vllm import VllmBackend
-from inference.config import (
-    DEFAULT_MODEL,
-    BackendConfig,
-    InferenceConfig,
-)
-from inference.config import LlamaCppBackend as LlamaCppConfig
-from inference.config import MlxBackend as MlxConfig
-from inference.config import OllamaBackend as OllamaConfig
-from inference.config import VllmBackend as VllmConfig
+from inference.backends.llamacpp import LlamaCppConfig
+from inference.config import DEFAULT_MODEL, BackendConfig, InferenceConfig
 from inference.limits import Breaker, Limiter
 
 Need = str  # "chat" | "completion" | "embeddings" | "json_schema" | "tools"
@@ -43,8 +32,10 @@ class NoTarget(Exception):
         self.status = status
 
 
+# Not "slot": in this package a slot is a model slot with versions (inference.slots). A
+# lane is the way calls to one backend go: the backend, its queue and its breaker.
 @dataclass
-class Slot:
+class Lane:
     """One backend with its admission state and last health."""
 
     backend: Backend
@@ -66,19 +57,6 @@ def default_backends() -> list[BackendConfig]:
     ]
 
 
-def build_backend(cfg: BackendConfig, models_dir: Path) -> Backend:
-    """The backend object for one config entry, chosen by its `type`."""
-    if isinstance(cfg, LlamaCppConfig):
-        return LlamaCppBackend(cfg, models_dir)
-    if isinstance(cfg, VllmConfig):
-        return VllmBackend(cfg)
-    if isinstance(cfg, OllamaConfig):
-        return OllamaBackend(cfg)
-    if isinstance(cfg, MlxConfig):
-        return MlxBackend(cfg)
-    return OpenAICompatBackend(cfg)
-
-
 class Router:
     """Aliases and served models → ordered targets; background health probes."""
 
@@ -86,24 +64,24 @@ class Router:
         self.cfg = cfg
         self.models_dir = models_dir
         configs = cfg.backends or default_backends()
-        self.slots: dict[str, Slot] = {}
+        self.lanes: dict[str, Lane] = {}
         for bc in configs:
-            self.slots[bc.name] = Slot(
-                build_backend(bc, models_dir),
+            self.lanes[bc.name] = Lane(
+                registry.build(bc, models_dir),
                 Limiter(bc.name, bc.max_concurrency, bc.max_queue, bc.queue_timeout_s),
                 Breaker(cfg.breaker_failures, cfg.breaker_cooldown_s),
             )
         self.aliases: dict[str, list[str]] = dict(cfg.aliases)
-        self.served: dict[str, list[Slot]] = {}
-        for slot in self.slots.values():
-            for model in slot.backend.models:
-                self.served.setdefault(model, []).append(slot)
+        self.served: dict[str, list[Lane]] = {}
+        for lane in self.lanes.values():
+            for model in lane.backend.models:
+                self.served.setdefault(model, []).append(lane)
         self._task: asyncio.Task[None] | None = None
         self.log = structlog.get_logger("fieldbox.gateway")
 
     async def start(self) -> None:
         """Start every backend, probe each once, then keep probing in the background."""
-        await asyncio.gather(*(s.backend.start() for s in self.slots.values()))
+        await asyncio.gather(*(s.backend.start() for s in self.lanes.values()))
         await self.probe_all()
         self._task = asyncio.create_task(self._probe_loop())
 
@@ -113,8 +91,8 @@ class Router:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for slot in reversed(list(self.slots.values())):
-            await slot.backend.close()
+        for lane in reversed(list(self.lanes.values())):
+            await lane.backend.close()
 
     async def _probe_loop(self) -> None:
         while True:
@@ -123,34 +101,34 @@ class Router:
 
     async def probe_all(self) -> None:
         """Probe every backend concurrently; a slow one delays nobody else's requests."""
-        await asyncio.gather(*(self._probe(s) for s in self.slots.values()))
+        await asyncio.gather(*(self._probe(s) for s in self.lanes.values()))
 
-    async def _probe(self, slot: Slot) -> None:
+    async def _probe(self, lane: Lane) -> None:
         try:
-            health = await asyncio.wait_for(slot.backend.health(), 5)
+            health = await asyncio.wait_for(lane.backend.health(), 5)
         except Exception as exc:  # a probe must never kill the loop
             health = Health(False, f"probe failed: {type(exc).__name__}")
-        if health.ok != slot.health.ok:
+        if health.ok != lane.health.ok:
             self.log.info(
-                "backend_health", backend=slot.backend.name, ok=health.ok, detail=health.detail
+                "backend_health", backend=lane.backend.name, ok=health.ok, detail=health.detail
             )
-        slot.health, slot.checked_at = health, time.time()
+        lane.health, lane.checked_at = health, time.time()
 
     def names(self) -> list[str]:
         """Every name a client may ask for: aliases first, then served models."""
         return [*self.aliases, *self.served]
 
-    def targets(self, name: str) -> list[tuple[Slot, str]]:
-        """(backend slot, model name) in order of preference; UnknownModel if none."""
+    def targets(self, name: str) -> list[tuple[Lane, str]]:
+        """(backend lane, model name) in order of preference; UnknownModel if none."""
         if not isinstance(name, str) or not name:
             raise UnknownModel("model is required")
         models = self.aliases.get(name, [name])
-        out = [(slot, m) for m in models for slot in self.served.get(m, [])]
+        out = [(lane, m) for m in models for lane in self.served.get(m, [])]
         if not out:
             raise UnknownModel(f"model {name!r} does not exist here; see /v1/models")
         return out
 
-    def candidates(self, name: str, needs: tuple[Need, ...]) -> list[tuple[Slot, str]]:
+    def candidates(self, name: str, needs: tuple[Need, ...]) -> list[tuple[Lane, str]]:
         """The targets able to serve `needs` right now, in order; NoTarget if none is."""
         targets = self.targets(name)
         capable = [t for t in targets if all(getattr(t[0].backend.capabilities, n) for n in needs)]
@@ -177,9 +155,9 @@ class Router:
                 "max_concurrency": s.limiter.concurrency,
                 "checked_at": s.checked_at,
             }
-            for s in self.slots.values()
+            for s in self.lanes.values()
         ]
 
     def ready(self) -> bool:
         """At least one backend is healthy."""
-        return any(s.health.ok for s in self.slots.values())
+        return any(s.health.ok for s in self.lanes.values())

@@ -17,7 +17,7 @@ from inference.access import Caller
 from inference.backends.base import BackendError, Json, Kind, Reply
 from inference.limits import Saturated
 from inference.metrics import GatewayMetrics
-from inference.router import NoTarget, Router, Slot
+from inference.router import Lane, NoTarget, Router
 from inference.translate import chunk_text
 from inference.validation import answer_problem
 from store.telemetry import Spool
@@ -64,60 +64,60 @@ class Gateway:
 
     # --- admission and fallback -----------------------------------------------------
 
-    async def _admit(self, slot: Slot) -> None:
+    async def _admit(self, lane: Lane) -> None:
         try:
-            await slot.limiter.acquire()
+            await lane.limiter.acquire()
         except Saturated:
-            slot.breaker.abandon()
+            lane.breaker.abandon()
             self.metrics.child(self.metrics.rejected, "busy").inc()
             raise
         finally:
-            self._gauges(slot)
+            self._gauges(lane)
 
-    def _release(self, slot: Slot, seconds: float | None) -> None:
-        slot.limiter.release(seconds)
-        self._gauges(slot)
+    def _release(self, lane: Lane, seconds: float | None) -> None:
+        lane.limiter.release(seconds)
+        self._gauges(lane)
 
-    def _gauges(self, slot: Slot) -> None:
-        name = slot.backend.name
-        self.metrics.child(self.metrics.queue_depth, name).set(slot.limiter.waiting)
-        self.metrics.child(self.metrics.in_flight, name).set(slot.limiter.active)
+    def _gauges(self, lane: Lane) -> None:
+        name = lane.backend.name
+        self.metrics.child(self.metrics.queue_depth, name).set(lane.limiter.waiting)
+        self.metrics.child(self.metrics.in_flight, name).set(lane.limiter.active)
 
     async def _first_working(
-        self, call: Call, needs: tuple[str, ...], attempt: Callable[[Slot, str], Awaitable[T]]
-    ) -> tuple[Slot, str, T]:
-        """Run `attempt` on each usable target in turn until one works; the slot stays held."""
+        self, call: Call, needs: tuple[str, ...], attempt: Callable[[Lane, str], Awaitable[T]]
+    ) -> tuple[Lane, str, T]:
+        """Run `attempt` on each usable target in turn until one works; the lane stays held."""
         tried: list[str] = []
-        for slot, model in self.router.candidates(call.requested, needs):
-            if not slot.breaker.allows():
+        for lane, model in self.router.candidates(call.requested, needs):
+            if not lane.breaker.allows():
                 continue
-            await self._admit(slot)
+            await self._admit(lane)
             try:
-                result = await attempt(slot, model)
+                result = await attempt(lane, model)
             except BackendError as exc:
-                self._release(slot, None)
-                self._failed(call, slot, exc)
+                self._release(lane, None)
+                self._failed(call, lane, exc)
                 if not exc.retryable:
                     raise
-                tried.append(f"{slot.backend.name}: {exc.message}")
+                tried.append(f"{lane.backend.name}: {exc.message}")
                 continue
             except BaseException:
-                self._release(slot, None)
+                self._release(lane, None)
                 raise
-            slot.breaker.success()
-            return slot, model, result
+            lane.breaker.success()
+            return lane, model, result
         if tried:
             raise BackendError(502, "every backend failed: " + "; ".join(tried), retryable=False)
         raise NoTarget(f"every backend for {call.requested!r} is out of rotation; retry soon")
 
-    def _failed(self, call: Call, slot: Slot, exc: BackendError) -> None:
+    def _failed(self, call: Call, lane: Lane, exc: BackendError) -> None:
         if exc.retryable:
-            slot.breaker.failure()
+            lane.breaker.failure()
         reason = "upstream" if exc.retryable else f"status_{exc.status}"
-        self.metrics.child(self.metrics.errors, slot.backend.name, call.requested, reason).inc()
+        self.metrics.child(self.metrics.errors, lane.backend.name, call.requested, reason).inc()
         self.log.warning(
             "backend_call_failed",
-            backend=slot.backend.name,
+            backend=lane.backend.name,
             model=call.requested,
             status=exc.status,
             retryable=exc.retryable,
@@ -130,19 +130,19 @@ class Gateway:
         """A whole answer (non-streamed); returns it and the backend's name."""
         needs = _needs(kind, body, call.schema)
 
-        async def attempt(slot: Slot, model: str) -> Reply:
-            reply = await slot.backend.generate(kind, {**body, "model": model})
+        async def attempt(lane: Lane, model: str) -> Reply:
+            reply = await lane.backend.generate(kind, {**body, "model": model})
             if call.schema is not None:
                 self._check_answer(call.schema, kind, reply.body)
             return reply
 
-        slot, model, reply = await self._first_working(call, needs, attempt)
+        lane, model, reply = await self._first_working(call, needs, attempt)
         seconds = time.perf_counter() - call.started
-        self._release(slot, seconds)
+        self._release(lane, seconds)
         usage = reply.body.get("usage") or {}
         text = _reply_text(kind, reply.body) if self.capture else None
-        self._done(call, slot.backend.name, model, body, usage, seconds, None, text, None)
-        return reply, slot.backend.name
+        self._done(call, lane.backend.name, model, body, usage, seconds, None, text, None)
+        return reply, lane.backend.name
 
     def _check_answer(self, schema: Json, kind: Kind, body: Json) -> None:
         choice = (body.get("choices") or [{}])[0]
@@ -163,26 +163,26 @@ class Gateway:
         state = StreamState()
 
         async def attempt(
-            slot: Slot, model: str
+            lane: Lane, model: str
         ) -> tuple[AsyncGenerator[list[Json], None], list[Json] | None]:
-            batches = slot.backend.stream(kind, {**body, "model": model, "stream": True})
+            batches = lane.backend.stream(kind, {**body, "model": model, "stream": True})
             try:
                 first = await anext(batches)
             except StopAsyncIteration:
                 first = None
             return batches, first
 
-        slot, model, (batches, first) = await self._first_working(call, needs, attempt)
-        state.backend, state.model = slot.backend.name, model
+        lane, model, (batches, first) = await self._first_working(call, needs, attempt)
+        state.backend, state.model = lane.backend.name, model
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return state, self._relay(call, kind, body, slot, state, batches, first, want_usage)
+        return state, self._relay(call, kind, body, lane, state, batches, first, want_usage)
 
     async def _relay(
         self,
         call: Call,
         kind: Kind,
         body: Json,
-        slot: Slot,
+        lane: Lane,
         state: StreamState,
         batches: AsyncGenerator[list[Json], None],
         first: list[Json] | None,
@@ -215,21 +215,21 @@ class Gateway:
         except BackendError as exc:
             # Bytes already went out: no fallback now; the client gets an error event.
             state.error = exc.message
-            slot.breaker.failure()
-            self.log.warning("stream_broken", backend=slot.backend.name, error=exc.message)
+            lane.breaker.failure()
+            self.log.warning("stream_broken", backend=lane.backend.name, error=exc.message)
         finally:
             # The upstream call ends here, not whenever the generator is collected.
             await batches.aclose()
             seconds = time.perf_counter() - call.started
-            self._release(slot, seconds)
+            self._release(lane, seconds)
             if ttft is not None:
-                self.metrics.child(self.metrics.ttft, slot.backend.name, call.requested).observe(
+                self.metrics.child(self.metrics.ttft, lane.backend.name, call.requested).observe(
                     ttft
                 )
             captured = "".join(state.text) if self.capture else None
             self._done(
                 call,
-                slot.backend.name,
+                lane.backend.name,
                 state.model,
                 body,
                 state.usage,
@@ -242,14 +242,14 @@ class Gateway:
     async def embed(self, call: Call, body: Json) -> tuple[Json, str]:
         """Embeddings; returns the answer and the backend's name."""
 
-        async def attempt(slot: Slot, model: str) -> Json:
-            return await slot.backend.embed({**body, "model": model})
+        async def attempt(lane: Lane, model: str) -> Json:
+            return await lane.backend.embed({**body, "model": model})
 
-        slot, model, reply = await self._first_working(call, ("embeddings",), attempt)
+        lane, model, reply = await self._first_working(call, ("embeddings",), attempt)
         seconds = time.perf_counter() - call.started
-        self._release(slot, seconds)
-        self._done(call, slot.backend.name, model, body, reply.get("usage") or {}, seconds)
-        return reply, slot.backend.name
+        self._release(lane, seconds)
+        self._done(call, lane.backend.name, model, body, reply.get("usage") or {}, seconds)
+        return reply, lane.backend.name
 
     # --- bookkeeping ------------------------------------------------------------------
 

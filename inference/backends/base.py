@@ -9,10 +9,39 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 Kind = Literal["chat", "completion"]
 Json = dict[str, Any]
+
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
+
+
+class BaseConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_field="type"):
+    """What every `[[inference.backends]]` table has; each type's struct adds its own keys
+    and a `tag` (the `type` value), beside its backend class."""
+
+    name: Name
+    models: list[Name] = msgspec.field(default_factory=list)
+    max_concurrency: Positive = 8
+    max_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
+    queue_timeout_s: PositiveFloat = 30.0
+    timeout_s: PositiveFloat = 300.0
+
+    @property
+    def type(self) -> str:
+        """The `type` this table was loaded as (the struct's tag)."""
+        return str(self.__struct_config__.tag)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key within this table, or "" for the table; problem): what types alone cannot
+        catch, for check-config to report at the right line."""
+        return [] if self.models else [("models", "`models` is empty")]
 
 
 class BackendError(Exception):
@@ -61,9 +90,11 @@ class Backend:
     type_name = "base"
     capabilities = Capabilities()
 
-    def __init__(self, name: str, models: list[str]) -> None:
-        self.name = name
-        self.models = list(models)
+    def __init__(self, cfg: BaseConfig, models_dir: Path) -> None:
+        # One signature for every type, so the registry can build any of them.
+        self.name = cfg.name
+        self.models = list(cfg.models)
+        self.models_dir = models_dir
 
     async def start(self) -> None:
         """Open connections or load weights."""

@@ -7,20 +7,33 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import msgspec
 
-from inference.backends.base import Backend, BackendError, Health, Json
+from inference.backends.base import Backend, BackendError, BaseConfig, Health, Json, PositiveFloat
 from inference.backends.upstream import Response, Upstream
-from inference.config import MlxBackend as MlxConfig
-from inference.config import OllamaBackend, OpenAIBackend, VllmBackend
-
-RemoteConfig = VllmBackend | OllamaBackend | MlxConfig | OpenAIBackend
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
+
+
+class RemoteConfig(BaseConfig, kw_only=True):
+    """What every backend reached over HTTP has: where, how long a stream may be silent,
+    and where its upstream key comes from (never from a request)."""
+
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    stream_idle_timeout_s: PositiveFloat = 60.0
+    api_key_env: str = ""
+    api_key_file: str = ""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """The common checks, and a key given two ways."""
+        problems = super().problems()
+        if self.api_key_env and self.api_key_file:
+            problems.append(("", "both api_key_env and api_key_file are set"))
+        return problems
 
 
 def upstream_key(cfg: RemoteConfig) -> str | None:
@@ -40,8 +53,8 @@ class HttpBackend(Backend):
 
     health_path = "/health"
 
-    def __init__(self, cfg: RemoteConfig) -> None:
-        super().__init__(cfg.name, cfg.models)
+    def __init__(self, cfg: RemoteConfig, models_dir: Path) -> None:
+        super().__init__(cfg, models_dir)
         self.cfg = cfg
         self.base = cfg.url.rstrip("/")
         self.prefix = urlsplit(self.base).path

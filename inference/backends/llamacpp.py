@@ -12,13 +12,22 @@ import functools
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from inference import slots
-from inference.backends.base import Backend, BackendError, Health, Json, Kind, Reply
-from inference.config import LlamaCppBackend as LlamaCppConfig
+from inference.backends import registry
+from inference.backends.base import (
+    Backend,
+    BackendError,
+    BaseConfig,
+    Health,
+    Json,
+    Kind,
+    Positive,
+    Reply,
+)
 
 _SAMPLING = (
     "temperature",
@@ -36,15 +45,32 @@ _CHAT_ONLY = ("tools", "tool_choice", "logprobs", "top_logprobs")
 _DONE = object()
 
 
+class LlamaCppConfig(BaseConfig, tag="llamacpp", kw_only=True):
+    """llama-cpp-python in this process. `path` names a GGUF file; or `slot` + `version`."""
+
+    path: str = ""
+    slot: str = ""
+    version: str = "latest"
+    n_ctx: Positive = 2048
+    n_threads: Annotated[int, msgspec.Meta(ge=0)] = 0
+    max_concurrency: Positive = 1
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Exactly one of `path` and `slot`, then the common checks."""
+        own = (
+            [("", "give exactly one of path or slot")] if bool(self.path) == bool(self.slot) else []
+        )
+        return own + super().problems()
+
+
 class LlamaCppBackend(Backend):
     """A GGUF model loaded with llama-cpp-python; JSON schemas become llama.cpp grammars."""
 
     type_name = "llamacpp"
 
     def __init__(self, cfg: LlamaCppConfig, models_dir: Path) -> None:
-        super().__init__(cfg.name, cfg.models)
+        super().__init__(cfg, models_dir)
         self.cfg = cfg
-        self.models_dir = models_dir
         self.path: Path | None = None
         self.error = ""
         self._llm: Any = None
@@ -249,3 +275,6 @@ def _prompt_tokens(llm: Any, kind: Kind, body: Json) -> int:
         return len(llm.tokenize(prompt.encode(), add_bos=False, special=True))
     text = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
     return len(llm.tokenize(text.encode(), add_bos=True))
+
+
+registry.register(LlamaCppConfig, LlamaCppBackend)

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncGenerator
+from pathlib import Path
 
 import msgspec
 
 from inference import translate
+from inference.backends import registry
 from inference.backends.base import BackendError, Json, Kind, Reply
-from inference.backends.http import HttpBackend
-from inference.config import OllamaBackend as OllamaConfig
+from inference.backends.http import HttpBackend, RemoteConfig
 
 _decode = msgspec.json.Decoder().decode
+
+
+class OllamaConfig(RemoteConfig, tag="ollama", kw_only=True):
+    """An Ollama server, through its native API."""
+
+    keep_alive: str = "5m"
 
 
 class OllamaBackend(HttpBackend):
@@ -21,8 +28,8 @@ class OllamaBackend(HttpBackend):
     type_name = "ollama"
     health_path = "/api/version"
 
-    def __init__(self, cfg: OllamaConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: OllamaConfig, models_dir: Path) -> None:
+        super().__init__(cfg, models_dir)
         self.keep_alive = cfg.keep_alive
 
     async def generate(self, kind: Kind, body: Json) -> Reply:
@@ -58,3 +65,6 @@ class OllamaBackend(HttpBackend):
 
 def _reply_id(kind: Kind) -> str:
     return ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
+
+
+registry.register(OllamaConfig, OllamaBackend)

@@ -8,14 +8,19 @@ from typing import cast
 
 import msgspec
 
+from inference.backends import registry
 from inference.backends.base import BackendError, Json, Kind, Reply
-from inference.backends.http import HttpBackend
+from inference.backends.http import HttpBackend, RemoteConfig
 
 _decode = msgspec.json.Decoder().decode
 _PATHS: dict[Kind, str] = {"chat": "/chat/completions", "completion": "/completions"}
 
 
-class OpenAICompatBackend(HttpBackend):
+class OpenAIConfig(RemoteConfig, tag="openai", kw_only=True):
+    """Any other OpenAI-compatible upstream (a cloud fallback needs `api_key_env`/`_file`)."""
+
+
+class OpenAIBackend(HttpBackend):
     """Speaks `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings` upstream."""
 
     type_name = "openai"
@@ -68,3 +73,6 @@ class OpenAICompatBackend(HttpBackend):
         """POST `/embeddings`."""
         data, _ = await self.post_json("/embeddings", body)
         return data
+
+
+registry.register(OpenAIConfig, OpenAIBackend)

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
+from inference.backends import registry
 from inference.backends.base import Health, Json, Kind
-from inference.backends.openai import OpenAICompatBackend
-from inference.config import VllmBackend as VllmConfig
+from inference.backends.http import RemoteConfig
+from inference.backends.openai import OpenAIBackend
 
 
-class VllmBackend(OpenAICompatBackend):
+class VllmConfig(RemoteConfig, tag="vllm", kw_only=True):
+    """A vLLM OpenAI-compatible server."""
+
+    structured_output_param: Literal["structured_outputs", "guided_json"] = "structured_outputs"
+
+
+class VllmBackend(OpenAIBackend):
     """vLLM: `/health` for liveness, `/metrics` for its queue, guided decoding for schemas."""
 
     type_name = "vllm"
 
-    def __init__(self, cfg: VllmConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: VllmConfig, models_dir: Path) -> None:
+        super().__init__(cfg, models_dir)
         self.param = cfg.structured_output_param
         # vLLM serves /health and /metrics at the root, beside /v1.
         self.root = self.base.removesuffix("/v1")
@@ -64,3 +74,6 @@ def _queue_figures(text: str) -> Json:
                 continue
             out[wanted[name]] = out.get(wanted[name], 0.0) + value
     return out
+
+
+registry.register(VllmConfig, VllmBackend)

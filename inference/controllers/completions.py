@@ -211,7 +211,7 @@ async def _stream(
         watch.cancel()
         if rest is not None:
             rest.abandon()
-        # The relay's own finally frees the backend's slot and writes the telemetry.
+        # The relay's own finally frees its place at the backend and writes the telemetry.
         await batches.aclose()
 
 

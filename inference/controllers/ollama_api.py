@@ -86,9 +86,9 @@ class OllamaController(Controller):
         router = gateway_of(request).router
         running = [
             {**_model_entry(model), "expires_at": _EPOCH, "size_vram": 0}
-            for slot in router.slots.values()
-            if slot.health.ok
-            for model in slot.backend.models
+            for lane in router.lanes.values()
+            if lane.health.ok
+            for model in lane.backend.models
         ]
         return {"models": running}
 

@@ -25,7 +25,7 @@ class StatusController(Controller):
     async def ready(self, request: Request[Any, Any, Any]) -> Response[Json]:
         """Readiness: at least one backend is healthy."""
         router: Router = request.app.state.router
-        backends = {s.backend.name: s.health.ok for s in router.slots.values()}
+        backends = {s.backend.name: s.health.ok for s in router.lanes.values()}
         ok = router.ready()
         return Response({"ok": ok, "backends": backends}, status_code=200 if ok else 503)
 
@@ -34,6 +34,6 @@ class StatusController(Controller):
         """Prometheus text format."""
         metrics: GatewayMetrics = request.app.state.metrics
         router: Router = request.app.state.router
-        for slot in router.slots.values():
-            metrics.child(metrics.backend_up, slot.backend.name).set(1 if slot.health.ok else 0)
+        for lane in router.lanes.values():
+            metrics.child(metrics.backend_up, lane.backend.name).set(1 if lane.health.ok else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

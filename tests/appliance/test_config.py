@@ -308,21 +308,23 @@ allow_networks = ["192.168.10.0/24"]
 
 def test_multi_backend_config_loads(tmp_path: Path) -> None:
     """Backends of every type, with aliases across them, load and pass check-config."""
-    from inference.config import LlamaCppBackend, OpenAIBackend, VllmBackend
+    from inference.backends.llamacpp import LlamaCppConfig
+    from inference.backends.openai import OpenAIConfig
+    from inference.backends.vllm import VllmConfig
 
     cfg = parse_config(GOOD_INFERENCE)
     backends = cfg.inference.backends
     assert [(b.name, type(b).__name__) for b in backends] == [
-        ("local", "LlamaCppBackend"),
-        ("gpu", "VllmBackend"),
-        ("mac", "MlxBackend"),
-        ("ollama", "OllamaBackend"),
-        ("cloud", "OpenAIBackend"),
+        ("local", "LlamaCppConfig"),
+        ("gpu", "VllmConfig"),
+        ("mac", "MlxConfig"),
+        ("ollama", "OllamaConfig"),
+        ("cloud", "OpenAIConfig"),
     ]
-    assert isinstance(backends[0], LlamaCppBackend) and backends[0].max_concurrency == 1
-    assert isinstance(backends[1], VllmBackend) and backends[1].max_concurrency == 16
+    assert isinstance(backends[0], LlamaCppConfig) and backends[0].max_concurrency == 1
+    assert isinstance(backends[1], VllmConfig) and backends[1].max_concurrency == 16
     assert backends[1].url == "http://10.0.0.5:8000/v1"
-    assert isinstance(backends[4], OpenAIBackend) and backends[4].api_key_env == "OPENAI_API_KEY"
+    assert isinstance(backends[4], OpenAIConfig) and backends[4].api_key_env == "OPENAI_API_KEY"
     assert cfg.inference.aliases == {
         "chat-default": ["Qwen/Qwen2.5-7B-Instruct", "smollm2-135m"],
         "fallback": ["gpt-4o-mini"],
