@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
+import json
+import math
 import os
 import re
+import textwrap
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 import msgspec
+import msgspec.inspect
 
 from bridge.config import BridgeConfig, check_bridge
 from inference.config import GatewayConfig, InferenceConfig, check_gateway, check_inference
@@ -330,30 +337,178 @@ def _line_of(lines: dict[str, int], dotted: str) -> int:
 
 
 def describe(struct: type[msgspec.Struct] = FieldboxConfig, prefix: str = "") -> list[str]:
-    """Every config field with its default and documentation, as TOML comment lines."""
-    import inspect
+    """Every config field with its documentation, default and type, as commented TOML lines."""
+    info = msgspec.inspect.type_info(struct)
+    if not isinstance(info, msgspec.inspect.StructType):
+        raise TypeError(f"{struct!r} is not a msgspec Struct")
+    return _describe_table(info, prefix)
 
+
+def field_docs(struct: type) -> dict[str, str]:
+    """Each field's docstring: the string literal right after it in the class body."""
+    docs: dict[str, str] = {}
+    # Base classes first, so a subclass's own docstring for a field wins.
+    for klass in reversed(struct.__mro__):
+        if klass is msgspec.Struct or not issubclass(klass, msgspec.Struct):
+            continue
+        docs.update(_own_field_docs(klass))
+    return docs
+
+
+@functools.cache
+def _own_field_docs(klass: type) -> dict[str, str]:
+    # msgspec keeps no per-field docs, and a regex over the source misses annotations and
+    # docstrings that span lines: the class's own syntax tree has both exactly.
+    try:
+        source = textwrap.dedent(inspect.getsource(klass))
+    except (OSError, TypeError):
+        return {}
+    node = ast.parse(source).body[0]
+    if not isinstance(node, ast.ClassDef):
+        return {}
+    docs: dict[str, str] = {}
+    for stmt, after in zip(node.body, node.body[1:], strict=False):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[stmt.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _describe_table(info: msgspec.inspect.StructType, prefix: str) -> list[str]:
+    docs = field_docs(info.cls)
+    keys: list[str] = []
+    tables: list[str] = []
+    for field in info.fields:
+        doc = _one_line(docs.get(field.name, ""))
+        name = f"{prefix}{field.encode_name}"
+        if isinstance(field.type, msgspec.inspect.StructType):
+            # Sub-tables after every plain key: in TOML a key below a header belongs to it.
+            tables.extend(["", f"[{name}]  # {doc}", *_describe_table(field.type, f"{name}.")])
+            continue
+        if doc:
+            keys.append(f"# {doc}")
+        keys.append(
+            f"{field.encode_name} = {_default_text(field)}  # {_type_text(field.type, name)}"
+        )
+        keys.extend(_element_tables(field.type, name))
+    return keys + tables
+
+
+def _element_tables(kind: msgspec.inspect.Type, name: str) -> list[str]:
+    # A list of tables (`[[inference.backends]]`) is empty by default: show each shape it
+    # takes, commented out, so its fields are documented too.
+    if not isinstance(kind, msgspec.inspect.ListType):
+        return []
+    item = kind.item_type
+    variants = item.types if isinstance(item, msgspec.inspect.UnionType) else (item,)
     out: list[str] = []
-    source = inspect.getsource(struct)
-    docs = dict(re.findall(r"^\s+(\w+):[^\n]*\n\s+\"\"\"(.*?)\"\"\"", source, re.S | re.M))
-    hints = get_type_hints(struct, include_extras=True)
-    instance = struct()
-    for name in struct.__struct_fields__:
-        hint = hints[name]
-        doc = " ".join(docs.get(name, "").split())
-        if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
-            out.append(f"\n[{prefix}{name}]  # {doc}")
-            out.extend(describe(hint, f"{prefix}{name}."))
-        else:
-            value = getattr(instance, name)
-            out.append(f"# {doc}")
-            out.append(f"{name} = {_toml_value(value)}")
-    return out
+    for variant in variants:
+        if not isinstance(variant, msgspec.inspect.StructType):
+            continue
+        docs = field_docs(variant.cls)
+        tag = f"{variant.tag_field} = {_toml_value(variant.tag)}" if variant.tag_field else ""
+        about = _one_line(variant.cls.__doc__ or "")
+        out.append(f"# [[{name}]]  # {tag + ': ' if tag else ''}{about}".rstrip())
+        if tag:
+            out.append(f"# {tag}")
+        for field in variant.fields:
+            if field.name in docs:
+                out.append(f"# # {_one_line(docs[field.name])}")
+            out.append(
+                f"# {field.encode_name} = {_default_text(field)}"
+                f"  # {_type_text(field.type, f'{name}.{field.encode_name}')}"
+            )
+    # A blank line: the next key's comment is not read as the last table's.
+    return [*out, ""] if out else out
+
+
+def _default_text(field: msgspec.inspect.Field) -> str:
+    if field.required:
+        return "<required>"
+    if field.default is not msgspec.NODEFAULT:
+        return _toml_value(msgspec.to_builtins(field.default))
+    return _toml_value(msgspec.to_builtins(field.default_factory()))
+
+
+def _type_text(kind: msgspec.inspect.Type, name: str) -> str:
+    """The type a key takes, with its bounds, in words."""
+    mi = msgspec.inspect
+    if isinstance(kind, mi.BoolType):
+        return "boolean"
+    if isinstance(kind, mi.IntType | mi.FloatType):
+        bounds = [
+            f"{op} {limit}"
+            for op, limit in (
+                (">", kind.gt),
+                (">=", kind.ge),
+                ("<", kind.lt),
+                ("<=", kind.le),
+                ("multiple of", kind.multiple_of),
+            )
+            if limit is not None
+        ]
+        return ", ".join(["integer" if isinstance(kind, mi.IntType) else "number", *bounds])
+    if isinstance(kind, mi.StrType):
+        text = "string"
+        if kind.min_length is not None:
+            text += f", at least {kind.min_length} characters"
+        if kind.max_length is not None:
+            text += f", at most {kind.max_length} characters"
+        return text + (f" matching {kind.pattern}" if kind.pattern else "")
+    if isinstance(kind, mi.LiteralType):
+        return " | ".join(_toml_value(v) for v in kind.values)
+    if isinstance(kind, mi.ListType):
+        item = kind.item_type
+        if isinstance(item, mi.StructType) or (
+            isinstance(item, mi.UnionType) and all(isinstance(t, mi.StructType) for t in item.types)
+        ):
+            return f"list of [[{name}]] tables (below)"
+        return f"list of {_type_text(item, name)}"
+    if isinstance(kind, mi.DictType):
+        key, value = _type_text(kind.key_type, name), _type_text(kind.value_type, name)
+        return f"table of {key} = {value}"
+    if isinstance(kind, mi.UnionType):
+        return " or ".join(_type_text(t, name) for t in kind.types)
+    if isinstance(kind, mi.StructType):
+        return "table"
+    return type(kind).__name__.removesuffix("Type").lower()
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _toml_value(value: Any) -> str:
+    """A builtin value (msgspec.to_builtins) as a TOML value."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return (
+            repr(value)
+            if math.isfinite(value)
+            else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
+        )
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(value)
+        # A JSON string is a valid TOML basic string (same escapes).
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = (
+            f"{k if _BARE_KEY.match(k) else json.dumps(k)} = {_toml_value(v)}"
+            for k, v in value.items()
+        )
+        return "{ " + ", ".join(items) + " }"
+    raise TypeError(f"no TOML form for {value!r}")
