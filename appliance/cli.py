@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 import msgspec
 
 from appliance.config import ConfigError, FieldboxConfig, describe, find_config_path, load_config
+
+if TYPE_CHECKING:
+    from appliance.console import LogFormat
 
 
 class Context:
@@ -17,6 +20,7 @@ class Context:
 
     def __init__(self, config_path: Path | None) -> None:
         self.config_path = config_path
+        self.log_format: str | None = None  # `serve --log-format`, over `[log] format`
         self._cfg: FieldboxConfig | None = None
 
     @property
@@ -24,10 +28,14 @@ class Context:
         """The loaded config; exits with the problems listed if it is invalid."""
         if self._cfg is None:
             try:
-                self._cfg = load_config(self.config_path)
+                cfg = load_config(self.config_path)
             except ConfigError as exc:
                 click.echo(str(exc), err=True)
                 sys.exit(2)
+            if self.log_format is not None:
+                log = msgspec.structs.replace(cfg.log, format=self.log_format)
+                cfg = msgspec.structs.replace(cfg, log=log)
+            self._cfg = cfg
         return self._cfg
 
 
@@ -80,8 +88,16 @@ def config_describe() -> None:
 
 
 @main.group()
-def serve() -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "console"]),
+    default=None,
+    help="Log format of the process (default from [log] format).",
+)
+@pass_ctx
+def serve(ctx: Context, log_format: str | None) -> None:
     """Run one fieldbox process in the foreground (what systemd runs)."""
+    ctx.log_format = log_format
 
 
 @serve.command("api")
@@ -188,6 +204,7 @@ def serve_bridge(ctx: Context) -> None:
     import asyncio
     import signal
 
+    from appliance import sdnotify
     from appliance.observe import configure_logging
     from bridge.daemon import Bridge
     from store.paths import Layout
@@ -200,7 +217,15 @@ def serve_bridge(ctx: Context) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)  # only a flag: the parts wind down
-        await Bridge(cfg.bridge, cfg.store, Layout(cfg.data_dir)).run(stop)
+        # The unit is Type=notify with a watchdog: READY=1 once every part runs, then pings
+        # from the bridge's own loop (a blocked loop stops them, and systemd restarts it).
+        watchdog = asyncio.create_task(sdnotify.watchdog_loop(), name="sd-watchdog")
+        try:
+            bridge = Bridge(cfg.bridge, cfg.store, Layout(cfg.data_dir))
+            await bridge.run(stop, started=lambda: sdnotify.ready("bridge running"))
+            sdnotify.stopping()
+        finally:
+            await sdnotify.stop_task(watchdog)
 
     asyncio.run(main_loop())
 
@@ -211,14 +236,29 @@ def serve_bridge(ctx: Context) -> None:
 )
 @click.option("--api-port", default=None, type=int, help="Port of the field API.")
 @click.option("--gateway-port", default=None, type=int, help="Port of the model gateway.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    default="auto",
+    show_default=True,
+    help="console: readable lines; json: one event a line; auto: console on a terminal.",
+)
 @pass_ctx
-def up(ctx: Context, host: str, api_port: int | None, gateway_port: int | None) -> None:
+def up(
+    ctx: Context, host: str, api_port: int | None, gateway_port: int | None, log_format: str
+) -> None:
     """Run every process in one tree (laptop or small box); Ctrl-C stops them all."""
     from appliance.supervisor import run_up
 
-    sys.exit(
-        run_up(ctx.cfg, ctx.config_path, host=host, api_port=api_port, gateway_port=gateway_port)
+    code = run_up(
+        ctx.cfg,
+        ctx.config_path,
+        host=host,
+        api_port=api_port,
+        gateway_port=gateway_port,
+        log_format=cast("LogFormat", log_format),
     )
+    sys.exit(code)
 
 
 @main.group()

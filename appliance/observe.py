@@ -110,6 +110,10 @@ def configure_logging(cfg: LogConfig, process: str) -> None:
         logging.getLogger(name).propagate = True
     # Our own request event replaces uvicorn's access line.
     logging.getLogger("uvicorn.access").disabled = True
+    # Their lifecycle chatter ("Started server process", "Adding job tentatively") is not
+    # news at info; our own `*_started` events and sd_notify say when a process is up.
+    for name in ("uvicorn.error", "apscheduler"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def _json_bytes(obj: Any, **_: Any) -> bytes:

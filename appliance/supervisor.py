@@ -3,6 +3,9 @@
 For the admin page, `up` also leaves `{data}/up/status.json` (each child's pid, restarts and
 health URL, rewritten every couple of seconds) and tees every child's output, as it passes
 it on to its own stdout, into `{data}/logs/up.log` (one JSON event a line, rotated at 8 MiB).
+Each child logs JSON and tells `up` it is ready over the sd_notify protocol (a socket of
+its own in `$NOTIFY_SOCKET`, as systemd would give it); once every child is, `up` prints its
+banner (appliance.console renders the lines for a terminal).
 """
 
 from __future__ import annotations
@@ -10,9 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import selectors
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -22,11 +29,15 @@ from types import FrameType
 from typing import IO, Any
 
 from appliance.config import FieldboxConfig
+from appliance.console import Console, LogFormat, colour_wanted, human_output
 from store import keys
 from store.db import read_json, replace_file
 from store.paths import Layout
 
 _RESTART_DELAY_S = 1.0
+_READY_TIMEOUT_S = 90.0
+_SETTLE_S = 0.3  # the banner waits for this much quiet, so it is not lost among late lines
+_SETTLE_MAX_S = 2.0
 _STATUS_EVERY_S = 2.0
 _STATUS_STALE_S = 10.0
 LOG_ROTATE_BYTES = 8 * 1024 * 1024
@@ -80,16 +91,53 @@ class LogTee:
             self._fh.close()
 
 
-def _pump(stream: IO[bytes], tee: LogTee | None) -> None:
-    out = sys.stdout.buffer
+def _pump(name: str, stream: IO[bytes], console: Console, tee: LogTee | None) -> None:
     for line in stream:
-        try:
-            out.write(line)
-            out.flush()
-        except (OSError, ValueError):
-            pass
+        console.child_line(name, line, time.monotonic())
         if tee is not None:
             tee.write(line)
+
+
+class Readiness:
+    """One sd_notify socket per child, read by one thread: which children said READY=1."""
+
+    def __init__(self, names: list[str]) -> None:
+        # A short path of its own: AF_UNIX paths are capped near 100 bytes, and a data
+        # directory can be deeper than that.
+        self.dir = Path(tempfile.mkdtemp(prefix="fieldbox-up-"))
+        self.ready = {name: threading.Event() for name in names}
+        self._selector = selectors.DefaultSelector()
+        self._socks: list[socket.socket] = []
+        for name in names:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(str(self.address(name)))
+            sock.setblocking(False)
+            self._selector.register(sock, selectors.EVENT_READ, name)
+            self._socks.append(sock)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def address(self, name: str) -> Path:
+        """The `NOTIFY_SOCKET` of child `name`."""
+        return self.dir / f"{name}.sock"
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._selector.select(timeout=0.2):
+                with contextlib.suppress(OSError):
+                    data = key.fileobj.recv(4096)  # type: ignore[union-attr]
+                    if b"READY=1" in data.split(b"\n"):
+                        self.ready[key.data].set()
+
+    def close(self) -> None:
+        """Stop reading and remove the sockets."""
+        self._stop.set()
+        self._thread.join(2)
+        for sock in self._socks:
+            sock.close()
+        self._selector.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @dataclass
@@ -103,13 +151,15 @@ class Child:
     restarts: int = 0
     started_at: float = field(default=0.0)
 
-    def start(self, env: dict[str, str], tee: LogTee | None = None) -> None:
+    def start(self, env: dict[str, str], console: Console, tee: LogTee | None = None) -> None:
         """Start (or restart) the process; its output goes to ours and to the tee."""
         self.proc = subprocess.Popen(
             self.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         assert self.proc.stdout is not None
-        threading.Thread(target=_pump, args=(self.proc.stdout, tee), daemon=True).start()
+        threading.Thread(
+            target=_pump, args=(self.name, self.proc.stdout, console, tee), daemon=True
+        ).start()
         self.started_at = time.time()
 
     def describe(self) -> dict[str, Any]:
@@ -182,6 +232,7 @@ def run_up(
     host: str,
     api_port: int | None,
     gateway_port: int | None = None,
+    log_format: LogFormat = "auto",
 ) -> int:
     """Run the process tree until SIGINT/SIGTERM; return the exit code."""
     stop = threading.Event()
@@ -192,49 +243,59 @@ def run_up(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    env = {**os.environ, "FIELDBOX_DATA": str(cfg.data_dir)}
+    human = human_output(log_format, sys.stdout, os.environ)
+    console = Console(sys.stdout.buffer, human, colour_wanted(human, sys.stdout, os.environ))
     base = [sys.executable, "-m", "appliance"]
     if config_path is not None:
         base += ["--config", str(config_path)]
+    serve = [*base, "serve", "--log-format", "json"]  # up renders them; up.log keeps JSON
     port = api_port or cfg.api.port
     gw_port = gateway_port or cfg.gateway.port
+    client = _client_host(host)
     children = [
         Child(
             "api",
-            [*base, "serve", "api", "--host", host, "--port", str(port)],
-            f"http://{_client_host(host)}:{port}/health",
+            [*serve, "api", "--host", host, "--port", str(port)],
+            f"http://{client}:{port}/health",
         ),
         Child(
             "gateway",
-            [*base, "serve", "gateway", "--host", host, "--port", str(gw_port)],
-            f"http://{_client_host(host)}:{gw_port}/health",
+            [*serve, "gateway", "--host", host, "--port", str(gw_port)],
+            f"http://{client}:{gw_port}/health",
         ),
-        Child("worker", [*base, "serve", "worker"], None),
-        Child("bridge", [*base, "serve", "bridge"], None),
+        Child("worker", [*serve, "worker"], None),
+        Child("bridge", [*serve, "bridge"], None),
     ]
     token = first_admin_token(cfg)
     layout = Layout(cfg.data_dir)
     tee = LogTee(up_log_path(layout))
+    readiness = Readiness([c.name for c in children])
+    env = {**os.environ, "FIELDBOX_DATA": str(cfg.data_dir)}
     started_at = time.time()
     for child in children:
-        child.start(env, tee)
+        child.start({**env, "NOTIFY_SOCKET": str(readiness.address(child.name))}, console, tee)
     _write_up_status(layout, started_at, children)
-    if all(_wait_healthy(c.health_url, 60, stop) for c in children if c.health_url):
-        url = f"http://{_client_host(host)}:{port}"
-        print(f"fieldbox is up: field API {url}  (API docs {url}/schema)", flush=True)
-        print(f"model gateway: http://{_client_host(host)}:{gw_port}/v1", flush=True)
-        print(f"data: {cfg.data_dir}", flush=True)
-        if token:
-            print(f"admin token (shown once, keep it): {token}", flush=True)
+    if _wait_ready(children, readiness, stop, console):
+        url = f"http://{client}:{port}"
+        rows = [
+            ("field API", "api", url),
+            ("admin page", "admin", f"{url}/admin"),
+            ("API docs", "docs", f"{url}/schema"),
+            ("gateway", "gateway", f"http://{client}:{gw_port}/v1"),
+            ("data", "data", str(cfg.data_dir)),
+        ]
+        console.banner(rows, token)
     last_status = time.monotonic()
     while not stop.is_set():
         for child in children:
             if child.proc is not None and child.proc.poll() is not None and not stop.is_set():
                 code = child.proc.returncode
-                print(f"{child.name} exited with {code}; restarting", file=sys.stderr, flush=True)
+                console.note("child_restarting", "warning", child=child.name, exit_code=code)
                 stop.wait(_RESTART_DELAY_S)
                 child.restarts += 1
-                child.start(env, tee)
+                readiness.ready[child.name].clear()
+                notify = str(readiness.address(child.name))
+                child.start({**env, "NOTIFY_SOCKET": notify}, console, tee)
                 _write_up_status(layout, started_at, children)
         if time.monotonic() - last_status >= _STATUS_EVERY_S:
             _write_up_status(layout, started_at, children)
@@ -243,8 +304,37 @@ def run_up(
     for child in reversed(children):
         child.stop(timeout=15)
     up_status_path(layout).unlink(missing_ok=True)
+    readiness.close()
     tee.close()
     return 0
+
+
+def _wait_ready(
+    children: list[Child], readiness: Readiness, stop: threading.Event, console: Console
+) -> bool:
+    """Until every child said READY=1 and answers its health URL, then a moment of quiet.
+
+    False when `up` was stopped first. A child still not ready after the timeout is named
+    in a warning, and the banner follows all the same.
+    """
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    for child in children:
+        while not readiness.ready[child.name].wait(0.2):
+            if stop.is_set():
+                return False
+            if time.monotonic() > deadline:
+                console.note("child_not_ready", "warning", child=child.name)
+                break
+        left = max(1.0, deadline - time.monotonic())
+        if child.health_url and not _wait_healthy(child.health_url, left, stop):
+            if stop.is_set():
+                return False
+            console.note("child_not_healthy", "warning", child=child.name, url=child.health_url)
+    settle_until = time.monotonic() + _SETTLE_MAX_S
+    while time.monotonic() - console.last_line_at < _SETTLE_S and time.monotonic() < settle_until:
+        if stop.wait(0.05):
+            return False
+    return not stop.is_set()
 
 
 def _client_host(host: str) -> str:

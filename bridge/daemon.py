@@ -172,8 +172,11 @@ class Bridge:
                 self.log.warning("bridge_status_failed", error=str(exc))
             await _wait(stop, _STATUS_EVERY_S)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run every part until `stop` is set; then stop them in reverse order and close."""
+    async def run(self, stop: asyncio.Event, started: Callable[[], object] | None = None) -> None:
+        """Run every part until `stop` is set; then stop them in reverse order and close.
+
+        `started` is called once every part runs (the CLI sends sd_notify's READY=1 there).
+        """
         from bridge.restore import drill
         from bridge.schedule import NightlyJobs, build_scheduler
 
@@ -204,6 +207,8 @@ class Bridge:
         )
         scheduler.start()
         self.log.info("bridge_started", parts=[n for n, _ in parts])
+        if started is not None:
+            started()
         await stop.wait()
         scheduler.shutdown(wait=False)
         for name, task in reversed(tasks):

@@ -98,14 +98,14 @@ def start_box(tmp: Path, config_text: str = CONFIG) -> Box:
         assert proc.stdout is not None
         for raw in proc.stdout:
             lines.append(raw.decode(errors="replace"))
-            if "admin token" in lines[-1]:
+            if '"fieldbox_up"' in lines[-1]:
                 ready.set()
 
     threading.Thread(target=read, daemon=True).start()
     if not ready.wait(120):
         proc.kill()
-        raise AssertionError("up printed no admin token:\n" + "".join(lines)[-3000:])
-    found = TOKEN.search(next(line for line in lines if "admin token" in line))
+        raise AssertionError("up printed no banner with a token:\n" + "".join(lines)[-3000:])
+    found = TOKEN.search(next(line for line in lines if '"fieldbox_up"' in line))
     assert found is not None
     return Box(
         proc, data, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{gw_port}", found.group(0), lines

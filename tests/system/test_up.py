@@ -1,10 +1,14 @@
-"""`fieldbox up`: prints where the API is, hands out the first admin token once, stops on Ctrl-C."""
+"""`fieldbox up`: prints where the API is, hands out the first admin token once, stops on Ctrl-C;
+JSON lines off a terminal, readable lines and a banner on one."""
 
 from __future__ import annotations
 
+import json
 import os
+import pty
 import queue
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -12,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -78,6 +83,11 @@ class Up:
             if pattern in got:
                 return got
         raise AssertionError(f"{pattern!r} never printed; output:\n{''.join(self.lines)[-3000:]}")
+
+    def banner(self, timeout: float = 90) -> dict[str, Any]:
+        """The `fieldbox_up` event (off a terminal, the banner is one JSON event)."""
+        event: dict[str, Any] = json.loads(self.wait_for('"fieldbox_up"', timeout))
+        return event
 
     def drain(self, timeout: float = 5) -> None:
         """Collect what is left of the output once the process has ended."""
@@ -172,31 +182,100 @@ def _stop(up: Up, whole_group: bool) -> None:
 
 
 def test_up_prints_url_and_first_token_then_stops(data_dir: Path, ups: list[Up]) -> None:
-    """First `up` prints the URL and a working admin token; Ctrl-C stops the tree with 0."""
+    """First `up` prints the URLs and a working admin token, in one JSON event (stdout is a
+    pipe here: every line is JSON); Ctrl-C stops the tree with 0; a second `up` prints no
+    token."""
     up = Up(data_dir)
     ups.append(up)
-    line = up.wait_for("fieldbox is up")
-    assert up.url in line
-    token_line = up.wait_for("admin token", timeout=10)
-    found = TOKEN.search(token_line)
-    assert found is not None, token_line
-    token = found.group(0)
+    banner = up.banner()
+    assert banner["api"] == up.url
+    assert banner["admin"] == up.url + "/admin"
+    assert banner["gateway"] == up.gateway_url + "/v1"
+    assert banner["data"] == str(data_dir)
+    token = banner["admin_token"]
+    assert TOKEN.fullmatch(token), token
     r = httpx.get(up.url + "/v1/locations", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200, r.text
     assert r.json() == {"items": []}
     bad = httpx.get(up.url + "/v1/locations", headers={"Authorization": "Bearer fbx_0_nope"})
     assert bad.status_code == 401
     _stop(up, whole_group=True)
+    for line in up.lines:
+        assert isinstance(json.loads(line), dict), f"not a JSON event: {line!r}"
+    assert token not in (data_dir / "logs" / "up.log").read_text(), "the token reached up.log"
 
     again = Up(data_dir)
     ups.append(again)
-    again.wait_for("fieldbox is up")
+    assert "admin_token" not in again.banner()
     r = httpx.get(again.url + "/v1/locations", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200, "the first token stopped working after a restart"
     _stop(again, whole_group=False)
-    printed = "".join(again.lines)
-    assert "admin token" not in printed
-    assert not TOKEN.search(printed), "a second `up` printed another token"
+    assert not TOKEN.search("".join(again.lines)), "a second `up` printed another token"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_CLOCK = re.compile(r"^\d\d:\d\d:\d\d (api|gateway|worker|bridge|up) +\S")
+
+
+def test_up_on_a_terminal_prints_readable_lines_and_the_banner_after_every_child(
+    tmp_path: Path,
+) -> None:
+    """Under a pseudo-terminal: no JSON line, each child's lines with its prefix, and the
+    banner, with the admin page's address, in one piece after every child said it runs."""
+    port, gw_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("FIELDBOX_CONFIG", "NO_COLOR")}
+    env.update(FIELDBOX_DATA=str(tmp_path / "data"), TERM="xterm")
+    argv = [*_UP, "--api-port", str(port), "--gateway-port", str(gw_port)]
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        start_new_session=True,
+    )
+    os.close(follower)
+    out = b""
+    try:
+        deadline = time.monotonic() + 120
+        while b"Ctrl-C stops every process." not in out and time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1)
+            if ready:
+                out += os.read(leader, 65536)
+        text = _ANSI.sub("", out.decode(errors="replace")).replace("\r\n", "\n")
+        assert "Ctrl-C stops every process." in text, text[-3000:]
+        assert "\x1b[" in out.decode(errors="replace"), "no colour on a terminal"
+        before, _, banner = text.partition("fieldbox is up")
+        lines = [line for line in before.splitlines() if line.strip()]
+        assert lines, text
+        for line in lines:
+            assert not line.lstrip().startswith("{"), f"a JSON line on a terminal: {line!r}"
+            assert _CLOCK.match(line), f"not one readable event: {line!r}"
+        assert "Adding job tentatively" not in before
+        assert "Started server process" not in before
+        for started in ("bridge_started", "worker_started"):
+            assert started in before, f"{started} came after the banner:\n{text}"
+        rows = banner.split("Ctrl-C stops every process.")[0].splitlines()[1:]
+        assert [row.split()[0] for row in rows if row.strip()][:5] == [
+            "field",
+            "admin",
+            "API",
+            "gateway",
+            "data",
+        ], banner
+        assert f"http://127.0.0.1:{port}/admin" in banner
+        assert TOKEN.search(banner), banner
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        os.close(leader)
+    assert code == 0
 
 
 def test_up_answers_a_chat_through_the_gateway(data_dir: Path, ups: list[Up]) -> None:
@@ -204,12 +283,9 @@ def test_up_answers_a_chat_through_the_gateway(data_dir: Path, ups: list[Up]) ->
     the embedded model through the official openai client; Ctrl-C stops the gateway too."""
     up = Up(data_dir)
     ups.append(up)
-    up.wait_for("fieldbox is up")
-    gateway_line = up.wait_for("model gateway", timeout=10)
-    assert f"{up.gateway_url}/v1" in gateway_line
-    found = TOKEN.search(up.wait_for("admin token", timeout=10))
-    assert found is not None
-    client = openai.OpenAI(base_url=f"{up.gateway_url}/v1", api_key=found.group(0), max_retries=0)
+    banner = up.banner()
+    assert banner["gateway"] == f"{up.gateway_url}/v1"
+    client = openai.OpenAI(base_url=banner["gateway"], api_key=banner["admin_token"], max_retries=0)
     assert [m.id for m in client.models.list()] == ["smollm2-135m"]
     reply = client.chat.completions.create(
         model="smollm2-135m",

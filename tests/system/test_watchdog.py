@@ -71,10 +71,10 @@ def test_the_watchdog_interval_is_for_the_named_process_only() -> None:
 # -- real daemons under the harness ----------------------------------------------------
 
 
-@pytest.fixture(params=["worker", "api"])
+@pytest.fixture(params=["worker", "api", "bridge"])
 def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceManager]:
-    """`fieldbox serve worker` or `serve api` run like its unit: Type=notify, WatchdogSec=3,
-    Restart=on-failure."""
+    """`fieldbox serve worker`, `serve api` or `serve bridge` run like its unit: Type=notify,
+    WatchdogSec=3, Restart=on-failure."""
     process: str = request.param
     argv = [sys.executable, "-m", "appliance", "serve", process]
     if process == "api":
