@@ -20,9 +20,9 @@ _encode = msgspec.json.Encoder().encode
 
 
 def _probe(path: Path, kind: str, filename: str) -> None:
-    from perception.frames import probe
     from perception.progress import InvalidInput
     from perception.splat.photos import check_photo_capture, is_photo_capture
+    from perception.video import probe
 
     if is_photo_capture(path):
         if kind != "splat":

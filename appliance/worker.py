@@ -25,8 +25,7 @@ from appliance import sdnotify
 from appliance.config import FieldboxConfig
 from appliance.worker_tasks import execute, reached, reached_fraction
 from appliance.workers import gpu_status, is_draining, remove_status, write_status
-from perception.progress import Cancelled, InvalidInput, OutOfMemory, Reporter
-from perception.segment.base import SegmenterUnavailable
+from perception.progress import Cancelled, InvalidInput, OutOfMemory, Reporter, Unavailable
 from store.errors import Conflict, StoreError
 from store.locations import Locations
 from store.outbox import Outbox
@@ -188,8 +187,8 @@ class Worker:
             log.info("job_succeeded", result=result)
         except Cancelled:
             self._interrupted(job, log)
-        except (InvalidInput, SegmenterUnavailable) as exc:
-            # Retrying cannot help: bad input, or a model this box does not have.
+        except (InvalidInput, Unavailable) as exc:
+            # Retrying cannot help: bad input, or a package or model this box does not have.
             self._fail(job, log, str(exc), retryable=False)
         except OutOfMemory as exc:
             self._fail(job, log, f"out of memory: {exc}", retryable=True)

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from perception.files import atomic_write
 from perception.scene_facts import rle_decode
 
 Json = dict[str, Any]
@@ -67,9 +68,8 @@ def _small(image: Image) -> Image:
 
 def write_thumbnails(facts: Json, frames_dir: Path, out: Path) -> int:
     """Write the shown frames, downscaled, as a ZIP of JPEGs at `out`; return how many."""
-    tmp = out.with_name(f".{out.name}.tmp")
     count = 0
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+    with atomic_write(out) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as zf:
         for index in shown_frames(facts):
             read = cv2.imread(str(frames_dir / thumb_name(index)), cv2.IMREAD_COLOR)
             if read is None:
@@ -80,7 +80,6 @@ def write_thumbnails(facts: Json, frames_dir: Path, out: Path) -> int:
             if ok:
                 zf.writestr(thumb_name(index), jpeg.tobytes())
                 count += 1
-    tmp.replace(out)
     return count
 
 

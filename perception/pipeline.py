@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from perception.config import PerceptionConfig
-from perception.frames import extract_frames, load_frames, write_json_atomic
+from perception.files import write_json
+from perception.frames import extract_frames, load_frames
 from perception.progress import Reporter, Stages
 from perception.scene_facts import build_scene_facts, validate
 from perception.segment import TRACKS_JSON, Tracker, make_tracker
@@ -57,7 +58,7 @@ def _facts(frames_dir: Path, segment_dir: Path, out: Path, reporter: Reporter) -
     tracks_doc = json.loads((segment_dir / TRACKS_JSON).read_text())
     doc = build_scene_facts(tracks_doc, load_frames(frames_dir))
     validate(doc, "scene-facts")  # nothing leaves perception unchecked
-    write_json_atomic(out / SCENE_FACTS_JSON, doc)
+    write_json(out / SCENE_FACTS_JSON, doc)
     reporter.progress(FACTS, 1.0)
     return {
         "tracks": len(doc["tracks"]),

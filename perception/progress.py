@@ -9,12 +9,13 @@ stage whose marker exists and resumes at the first unfinished one.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from perception.files import atomic_write, fsync_dir, sync_tree
 
 Json = dict[str, Any]
 
@@ -25,6 +26,10 @@ class Cancelled(Exception):
 
 class InvalidInput(ValueError):
     """The input cannot be processed (not a decodable video, too short...): not retryable."""
+
+
+class Unavailable(RuntimeError):
+    """This box lacks what the job needs (a package, a model, a GPU): not retryable."""
 
 
 class OutOfMemory(RuntimeError):
@@ -86,30 +91,9 @@ class Stages:
         folder.mkdir(parents=True)
         self.reporter.stage(stage, "started")
         summary = fn(folder)
-        _sync_tree(folder)
-        tmp = self.work_dir / f".{stage}.done.tmp"
-        with open(tmp, "w") as fh:
+        sync_tree(folder)
+        with atomic_write(self.work_dir / f"{stage}.done", "w") as fh:
             json.dump(summary, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.work_dir / f"{stage}.done")
-        _fsync_dir(self.work_dir)
+        fsync_dir(self.work_dir)
         self.reporter.stage(stage, "done", summary)
         return summary
-
-
-def _sync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-    for sub in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        _fsync_dir(sub)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

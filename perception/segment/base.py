@@ -9,6 +9,8 @@ A tracker reads a frames dir written by `perception.frames.extract_frames` and w
 
 with frames in sampled-frame indices, pixels in the sampled frame size, and masks as
 column-major RLE (see perception.scene_facts). Track ids run 1..N in order of appearance.
+`label` and `score` are what a labelling segmenter would add (scene facts carry them on);
+neither segmenter here labels, so `TrackBuilder` writes neither.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from perception.frames import load_frames, write_json_atomic
-from perception.progress import Reporter
+from perception.files import write_json
+from perception.frames import load_frames
+from perception.progress import Reporter, Unavailable
 from perception.scene_facts import rle_encode_crop
 
 STAGE = "segment"
@@ -31,7 +34,7 @@ TRACKS_JSON = "tracks.json"
 Json = dict[str, Any]
 
 
-class SegmenterUnavailable(RuntimeError):
+class SegmenterUnavailable(Unavailable):
     """The configured segmenter cannot run here (package, checkpoint or GPU missing).
 
     A configuration problem: retrying the job will not help until the box is set up.
@@ -66,8 +69,6 @@ class Progress:
 @dataclass
 class _Track:
     observations: list[Json] = field(default_factory=list)
-    label: str | None = None
-    scores: list[float] = field(default_factory=list)
 
 
 class TrackBuilder:
@@ -102,13 +103,6 @@ class TrackBuilder:
             return False
         return self.add_crop(track_id, frame, mask[y : y + h, x : x + w], x, y)
 
-    def set_label(self, track_id: int, label: str, score: float | None = None) -> None:
-        """Name what a track is (segmenters that know)."""
-        t = self.tracks.setdefault(track_id, _Track())
-        t.label = label
-        if score is not None:
-            t.scores.append(score)
-
     def finish(self, model: Json, frame_count: int) -> Json:
         """The tracks.json document: short tracks dropped, ids renumbered 1..N."""
         kept = [
@@ -121,12 +115,7 @@ class TrackBuilder:
         kept.sort(key=lambda item: (item[1].observations[0]["frame"], item[0]))
         tracks: list[Json] = []
         for new_id, (_, t) in enumerate(kept, start=1):
-            doc: Json = {"id": new_id, "frames": t.observations}
-            if t.label:
-                doc["label"] = t.label
-            if t.scores:
-                doc["score"] = round(float(np.mean(t.scores)), 4)
-            tracks.append(doc)
+            tracks.append({"id": new_id, "frames": t.observations})
         return {
             "model": model,
             "width": self.width,
@@ -153,7 +142,7 @@ def read_frame(path: Path) -> npt.NDArray[np.uint8]:
 
 def write_tracks(out_dir: Path, doc: Json) -> Json:
     """Write tracks.json and return the stage summary."""
-    write_json_atomic(out_dir / TRACKS_JSON, doc)
+    write_json(out_dir / TRACKS_JSON, doc)
     return {
         "tracks": len(doc["tracks"]),
         "frames": doc["frame_count"],

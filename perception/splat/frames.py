@@ -1,9 +1,9 @@
 """Frames for SfM: decode with PyAV, sample in time, downscale, drop the blurry ones.
 
 Writes `out_dir/000000.jpg, 000001.jpg, ...` (in video order, the names SfM's sequential
-matcher sorts by) and `out_dir/frames.json` describing each kept frame. Decoding, the
-refusal of what is not a video, time-based picking, truncation and display-matrix rotation
-are `perception.frames`'s, shared with the perception pipeline.
+matcher sorts by) and `out_dir/frames.json` describing each kept frame. Decoding (the
+refusal of what is not a video, time-based picking, truncation, display orientation and
+the sharpness score) is `perception.video`'s, the decoder the perception pipeline uses too.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-from numpy.typing import NDArray
 
-from perception.frames import Pass, probe, sample, upright
 from perception.progress import InvalidInput
+from perception.video import Pass, decode, probe
 
 Json = dict[str, Any]
 # Sample this many times more candidates than `max_frames`, so dropping blurry ones still
@@ -30,11 +29,6 @@ OVERSAMPLE = 1.5
 BLUR_WINDOW = 3
 MIN_FRAMES = 3
 JPEG_QUALITY = 95
-
-
-def sharpness(gray: NDArray[np.uint8]) -> float:
-    """Variance of the Laplacian: high for crisp detail, low for blur."""
-    return float(cv2.Laplacian(gray, cv2.CV_64F).var())
 
 
 def blurry(scores: list[float], ratio: float) -> list[bool]:
@@ -64,18 +58,17 @@ def extract_frames(
         interval = max(interval, info.duration / (max_frames * OVERSAMPLE))
     candidates: list[Json] = []
     result = Pass()
-    for picked in sample(video, info, interval, result):
-        img = upright(picked.frame, info, max_side)
-        gray = np.asarray(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), np.uint8)
+    for picked in decode(video, info, interval, max_side, result):
         name = f"cand_{len(candidates):06d}.jpg"
-        if not cv2.imwrite(str(out_dir / name), img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+        jpeg = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+        if not cv2.imwrite(str(out_dir / name), picked.image, jpeg):
             raise OSError(f"could not write {out_dir / name}")
         candidates.append(
             {
                 "file": name,
                 "index": picked.source_frame,
                 "time": round(picked.t, 4),
-                "sharpness": round(sharpness(gray), 3),
+                "sharpness": round(picked.sharpness, 3),
             }
         )
         if info.duration > 0:

@@ -24,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from perception.progress import InvalidInput, Reporter, Stages
+from perception.progress import InvalidInput, Reporter, Stages, Unavailable
 from perception.splat.config import SplatConfig
 from perception.splat.frames import extract_frames
 from perception.splat.photos import extract_photos, frame_intrinsics, is_photo_capture
@@ -40,6 +40,8 @@ THUMBNAIL_NAME = "thumbnail.jpg"
 THUMBNAIL_SIDE = 256
 CHECKPOINT_NAME = "train.ckpt"
 EXTRA_MODULES = ("torch", "pycolmap")
+# What a box without the extra must run; `fieldbox` is the distribution's name (pyproject).
+INSTALL_EXTRA = "pip install 'fieldbox[splat]'"
 
 
 def missing_dependencies() -> list[str]:
@@ -55,17 +57,33 @@ def missing_dependencies() -> list[str]:
     return missing
 
 
+def _check_extra() -> None:
+    """Raise Unavailable unless every module of the `splat` extra imports."""
+    # Importing, not just finding: a package that is there but cannot load (a half-removed
+    # install, a CUDA build without its libraries) is as missing, and it is better found
+    # before the frames stage than after it. Training imports torch anyway.
+    broken = []
+    for name in EXTRA_MODULES:
+        try:
+            importlib.import_module(name)
+        except (ImportError, OSError) as exc:
+            # Not there at all: its name is enough; there but broken: say how.
+            broken.append(name if getattr(exc, "name", None) == name else f"{name} ({exc})")
+    if broken:
+        raise Unavailable(
+            "the splat pipeline needs the `splat` extra, which this box lacks (missing: "
+            f"{', '.join(broken)}); install it with: {INSTALL_EXTRA}"
+        )
+
+
 def run_splat(video: Path, work_dir: Path, cfg: SplatConfig, reporter: Reporter) -> Path:
     """Turn `video` into a 3DGS .ply under `work_dir`, resuming a previous run; return its path.
 
-    Raises InvalidInput (unreadable video, too few usable frames, SfM could not place
-    enough of them), OutOfMemory (GPU), and lets Cancelled from `reporter` through.
+    Raises Unavailable (the `splat` extra is not installed), InvalidInput (unreadable video,
+    too few usable frames, SfM could not place enough of them), OutOfMemory (GPU), and lets
+    Cancelled from `reporter` through.
     """
-    missing = missing_dependencies()
-    if missing:
-        raise RuntimeError(
-            f"the splat pipeline needs the `splat` extra (missing: {', '.join(missing)})"
-        )
+    _check_extra()
     if not video.is_file():
         raise InvalidInput(f"{video.name}: no such file")
     stages = Stages(work_dir, reporter)

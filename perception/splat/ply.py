@@ -11,12 +11,13 @@ higher-order coefficients, then green's, then blue's); normals are zero.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+
+from perception.files import atomic_write
 
 F32 = NDArray[np.float32]
 SH_C0 = 0.28209479177387814
@@ -88,13 +89,9 @@ def write_ply(path: Path, splat: Splat, sh_degree: int = EXPORT_SH_DEGREE) -> No
         + [f"property float {name}" for name in names]
         + ["end_header"]
     )
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path) as fh:
         fh.write(header.encode("ascii") + b"\n")
         fh.write(data.tobytes())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_header(path: Path) -> tuple[int, list[str], int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from perception.files import atomic_write
 from perception.progress import InvalidInput, OutOfMemory
 from perception.splat import raster
 from perception.splat.config import SplatConfig
@@ -177,12 +177,8 @@ def _fingerprint(cfg: SplatConfig, scene: Scene) -> Json:
 
 
 def _save_checkpoint(path: Path, state: Json) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path) as fh:
         torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def train(

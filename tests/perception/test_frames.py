@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from perception.frames import extract_frames, frame_paths, output_size, probe
+from perception.frames import extract_frames, frame_paths
 from perception.progress import InvalidInput, Reporter
 from perception.segment.base import read_frame
+from perception.video import output_size, probe
 from tests.perception.conftest import Recorder
 from tests.perception.synthetic import SHAPES, Image, background, draw, write_video
 

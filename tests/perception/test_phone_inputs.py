@@ -26,9 +26,9 @@ from litestar.testing import TestClient
 from appliance.app import create_app
 from appliance.worker import Worker
 from perception.frames import extract_frames as perception_frames
-from perception.frames import probe
 from perception.progress import InvalidInput, Reporter
 from perception.splat.frames import extract_frames as splat_frames
+from perception.video import probe
 from tests.appliance.test_api_uploads import make_location, upload
 from tests.conftest import make_config, make_token
 from tests.perception import phone

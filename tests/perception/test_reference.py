@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from perception.config import PerceptionConfig
-from perception.frames import Pass, probe, sample
+from perception.video import Pass, probe, sample
 from tests.perception.reference import (
     REFERENCE,
     LabelledFrame,

@@ -330,9 +330,10 @@ def test_package_imports_without_the_splat_extra() -> None:
         "sys.meta_path.insert(0, Block())\n"
         "import perception.splat as s\n"
         "from pathlib import Path\n"
+        "from perception.progress import Unavailable\n"
         "try:\n"
         "    s.run_splat(Path('x.mp4'), Path('w'), s.SplatConfig(), None)\n"
-        "except RuntimeError as e:\n"
+        "except Unavailable as e:\n"
         "    print(e)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -340,3 +341,31 @@ def test_package_imports_without_the_splat_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True
     )
     assert "needs the `splat` extra" in out.stdout, out.stderr
+    assert "install it with: pip install 'fieldbox[splat]'" in out.stdout, out.stdout
+
+
+def test_a_torch_that_is_there_but_cannot_load_is_the_missing_extra(tmp_path: Path) -> None:
+    """torch found but failing to load (its libraries gone): the same clear refusal, saying
+    why, before any work; not an error that a retry would meet again."""
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "raise OSError('libtorch_cpu.so: cannot open shared object file')\n"
+    )
+    code = (
+        "from pathlib import Path\n"
+        "import perception.splat as s\n"
+        "from perception.progress import Unavailable\n"
+        "try:\n"
+        "    s.run_splat(Path('x.mp4'), Path('w'), s.SplatConfig(), None)\n"
+        "except Unavailable as e:\n"
+        "    print(e)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)])}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert "missing: torch (libtorch_cpu.so: cannot open shared object file)" in out.stdout
+    assert "pip install 'fieldbox[splat]'" in out.stdout, out.stdout
+    assert not (tmp_path / "w").exists()  # refused before a stage started
