@@ -373,12 +373,14 @@ def _register_subgroups() -> None:
     from appliance.cli_fleet import drain
     from appliance.cli_jobs import jobs
     from appliance.cli_restore import restore
+    from appliance.cli_status import status
     from appliance.cli_sync import sync
     from appliance.cli_tunnel import tunnel
 
     main.add_command(drain)
     main.add_command(jobs)
     main.add_command(restore)
+    main.add_command(status)
     main.add_command(sync)
     main.add_command(tunnel)
 

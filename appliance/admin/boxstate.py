@@ -22,9 +22,11 @@ from typing import Any
 
 from appliance.config import FieldboxConfig
 from appliance.supervisor import read_up_status
-from appliance.workers import read_statuses
+from appliance.workers import is_draining, read_statuses
 from bridge.daemon import read_status
+from store.outbox import Outbox
 from store.paths import Layout
+from store.queue import Queue
 
 
 @dataclass(frozen=True)
@@ -103,21 +105,38 @@ def _supervised(up: dict[str, Any] | None, name: str) -> dict[str, Any]:
     }
 
 
+def api_url(cfg: FieldboxConfig, up: dict[str, Any] | None) -> str:
+    """Where the field API listens: the port `fieldbox up` gave it, else the configured one."""
+    for child in (up or {}).get("children", []):
+        if child.get("name") == "api" and child.get("health_url"):
+            return str(child["health_url"]).removesuffix("/health")
+    host = cfg.api.host if cfg.api.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{host}:{cfg.api.port}"
+
+
+def this_api(layout: Layout, started_at: float) -> ProcessRow:
+    """The api row as the api itself gives it (it is answering: it serves the page)."""
+    restarts = _supervised(read_up_status(layout), "api")["restarts"]
+    return ProcessRow(
+        "api", "ok", "answering (this page)", os.getpid(), restarts, time.time() - started_at
+    )
+
+
+def probed_api(cfg: FieldboxConfig, layout: Layout) -> ProcessRow:
+    """The api row as another process sees it: its /health, with what `up` says of it."""
+    up = read_up_status(layout)
+    url = api_url(cfg, up)
+    health = http_json(url + "/health")
+    detail = f"{url}: " + ("answering" if health.ok else health.error)
+    return ProcessRow("api", "ok" if health.ok else "down", detail, **_supervised(up, "api"))
+
+
 def processes(
-    cfg: FieldboxConfig, layout: Layout, api_started_at: float, gateway: dict[str, Any]
+    cfg: FieldboxConfig, layout: Layout, api: ProcessRow, gateway: dict[str, Any]
 ) -> list[ProcessRow]:
     """api, gateway, each worker, bridge and each model backend, with health and restarts."""
     up = read_up_status(layout)
-    rows = [
-        ProcessRow(
-            "api",
-            "ok",
-            "answering (this page)",
-            os.getpid(),
-            _supervised(up, "api")["restarts"],
-            time.time() - api_started_at,
-        )
-    ]
+    rows = [api]
     health: HttpResult = gateway["health"]
     rows.append(
         ProcessRow(
@@ -173,6 +192,26 @@ def processes(
         for name, ok in ((ready.body or {}).get("backends") or {}).items():
             rows.append(ProcessRow(f"backend {name}", "ok" if ok else "down", "from /ready"))
     return rows
+
+
+def overview(
+    cfg: FieldboxConfig, layout: Layout, outbox: Outbox, queue: Queue, api: ProcessRow, token: str
+) -> dict[str, Any]:
+    """What the admin overview and `fieldbox status` show, from the same sources."""
+    gateway = gateway_facts(cfg, layout, token)
+    rows = processes(cfg, layout, api, gateway)
+    bridge = read_status(layout) or {}
+    litestream = bridge.get("litestream") if isinstance(bridge.get("litestream"), dict) else {}
+    return {
+        "rows": rows,
+        "healthy": all(r.state == "ok" for r in rows),
+        "machine": machine(layout),
+        "backlog": outbox.backlog(),
+        "jobs": queue.counts(),
+        "draining": is_draining(layout),
+        "litestream_max_lag_s": (litestream or {}).get("max_lag_s"),
+        "data_dir": str(layout.root),
+    }
 
 
 def gateway_facts(cfg: FieldboxConfig, layout: Layout, token: str) -> dict[str, Any]:

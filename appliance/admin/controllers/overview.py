@@ -10,27 +10,19 @@ from litestar import Controller, Request, get
 from litestar.response import Template
 
 from appliance import __version__
-from appliance.admin.boxstate import gateway_facts, machine, processes
+from appliance.admin.boxstate import overview, this_api
 from appliance.admin.site import page, session_of
 from appliance.services import Services, Svc, in_thread
-from appliance.workers import is_draining
 
 
 def _overview(svc: Services, token: str) -> dict[str, Any]:
-    gateway = gateway_facts(svc.cfg, svc.layout, token)
-    rows = processes(svc.cfg, svc.layout, svc.started_at, gateway)
-    backlog = svc.outbox.backlog()
+    api = this_api(svc.layout, svc.started_at)
+    facts = overview(svc.cfg, svc.layout, svc.outbox, svc.queue, api, token)
     return {
-        "rows": rows,
-        "healthy": all(r.state == "ok" for r in rows),
-        "machine": machine(svc.layout),
-        "backlog": backlog,
-        "jobs": svc.queue.counts(),
-        "draining": is_draining(svc.layout),
+        **facts,
         "python": platform.python_version(),
         "host": platform.node(),
         "uptime_s": time.time() - svc.started_at,
-        "data_dir": str(svc.layout.root),
     }
 
 
