@@ -4,8 +4,9 @@ from its Litestream replica in S3."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -143,7 +144,18 @@ def _fetch_blobs(ctx: Context, layout: Layout) -> Fetched:
     from store.locations import Locations
 
     locs = Locations(layout, ctx.cfg.store)
+    bar: Any = None
+
+    def progress(n: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:  # the total is known once the scan of the assets is done
+            bar = click.progressbar(length=total, label="fetching blobs", file=sys.stderr)
+            bar.__enter__()
+        bar.update(n)
+
     try:
-        return fetch_missing_blobs(ctx.cfg.bridge, layout, locs)
+        return fetch_missing_blobs(ctx.cfg.bridge, layout, locs, progress)
     finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
         locs.close()

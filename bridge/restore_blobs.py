@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bridge import s3
@@ -24,6 +25,9 @@ from store.locations import Location, Locations
 from store.paths import Layout
 
 _CHUNK = 1024 * 1024
+
+Progress = Callable[[int, int], None]
+"""Called with (bytes just written, bytes to fetch in all) as the downloads go."""
 
 
 @dataclass
@@ -39,7 +43,7 @@ class Fetched:
 
 async def _one(
     calls: Calls, cfg: BridgeConfig, layout: Layout, loc: Location, sha: str, size: int,
-    out: Fetched,
+    out: Fetched, progress: Callable[[int], None],
 ) -> None:  # fmt: skip
     key = s3.blob_key(cfg.s3, loc.account, loc.geo_prefix, loc.id, sha)
     tmp = layout.tmp_dir / f"fetch-{secrets.token_hex(8)}"
@@ -58,6 +62,7 @@ async def _one(
                     digest.update(chunk)
                     n += len(chunk)
                     fh.write(chunk)
+                    progress(len(chunk))
             fh.flush()
             os.fsync(fh.fileno())
         if digest.hexdigest() != sha or n != size:
@@ -72,7 +77,9 @@ async def _one(
         tmp.unlink(missing_ok=True)
 
 
-async def _fetch(cfg: BridgeConfig, layout: Layout, locs: Locations) -> Fetched:
+async def _fetch(
+    cfg: BridgeConfig, layout: Layout, locs: Locations, progress: Progress | None
+) -> Fetched:
     out = Fetched()
     todo: list[tuple[Location, str, int]] = []
     for loc in await asyncio.to_thread(locs.list):
@@ -83,6 +90,12 @@ async def _fetch(cfg: BridgeConfig, layout: Layout, locs: Locations) -> Fetched:
                 todo.append((loc, sha, size))
     if not todo:
         return out
+    total = sum(size for _, _, size in todo)
+
+    def step(n: int) -> None:
+        if progress is not None:
+            progress(n, total)
+
     layout.tmp_dir.mkdir(parents=True, exist_ok=True)
     slots = asyncio.Semaphore(cfg.upload.concurrency)
     async with s3.open_client(cfg.s3, max_pool=cfg.upload.concurrency + 2) as client:
@@ -90,12 +103,14 @@ async def _fetch(cfg: BridgeConfig, layout: Layout, locs: Locations) -> Fetched:
 
         async def bounded(loc: Location, sha: str, size: int) -> None:
             async with slots:
-                await _one(calls, cfg, layout, loc, sha, size, out)
+                await _one(calls, cfg, layout, loc, sha, size, out, step)
 
         await asyncio.gather(*(bounded(*t) for t in todo))
     return out
 
 
-def fetch_missing_blobs(cfg: BridgeConfig, layout: Layout, locs: Locations) -> Fetched:
+def fetch_missing_blobs(
+    cfg: BridgeConfig, layout: Layout, locs: Locations, progress: Progress | None = None
+) -> Fetched:
     """Copy every asset's blob that is not on the box back from S3 (blocking)."""
-    return asyncio.run(_fetch(cfg, layout, locs))
+    return asyncio.run(_fetch(cfg, layout, locs, progress))

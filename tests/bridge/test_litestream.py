@@ -338,6 +338,7 @@ def test_restore_all_blobs_copies_the_bytes_back(box: Box, tmp_path: Path) -> No
     result = CliRunner().invoke(main, args, env=env)
     assert result.exit_code != 0, result.output
     assert "blobs: 2 copied back" in result.output and "1 not in S3" in result.output
+    assert "fetching blobs" in result.output, "no progress shown while blobs download"
     assert made[2].sha256 in result.output, result.output
     layout = Layout(fresh)
     loc = Location(id="site1", account="acme", geo_prefix="u4pr", name="12 Main St")
