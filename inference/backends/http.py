@@ -24,9 +24,16 @@ class RemoteConfig(BaseConfig, kw_only=True):
     and where its upstream key comes from (never from a request)."""
 
     url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    """The upstream's base URL (an OpenAI-compatible one usually ends in `/v1`)."""
+
     stream_idle_timeout_s: PositiveFloat = 60.0
+    """A stream that sends nothing this long is ended with an error event."""
+
     api_key_env: str = ""
+    """An environment variable holding the upstream's API key."""
+
     api_key_file: str = ""
+    """A file holding the upstream's API key (not both this and `api_key_env`)."""
 
     def problems(self) -> list[tuple[str, str]]:
         """The common checks, and a key given two ways."""

@@ -42,6 +42,17 @@ _SAMPLING = (
     "logit_bias",
 )
 _CHAT_ONLY = ("tools", "tool_choice", "logprobs", "top_logprobs")
+# Sampling for what a client leaves unset. llama-cpp-python's own defaults have no repeat
+# penalty (1.0), and small models then loop ("Check the roof's foundation..." until
+# max_tokens); 1.2 with a nucleus-trimmed sampler stopped every loop on the fixed
+# inspection questions (docs/gateway.md). A client's own values always win.
+SAMPLING_DEFAULTS: dict[str, int | float] = {
+    "repeat_penalty": 1.2,
+    "temperature": 0.4,
+    "top_p": 0.9,
+    "top_k": 40,
+    "min_p": 0.05,
+}
 _DONE = object()
 
 
@@ -49,18 +60,36 @@ class LlamaCppConfig(BaseConfig, tag="llamacpp", kw_only=True):
     """llama-cpp-python in this process. `path` names a GGUF file; or `slot` + `version`."""
 
     path: str = ""
+    """A GGUF file to load (or `slot`, not both)."""
+
     slot: str = ""
+    """A model slot under `models/` (or `path`, not both)."""
+
     version: str = "latest"
+    """The slot's version to load: `latest` or a pinned one (`v3`)."""
+
     n_ctx: Positive = 2048
+    """Context length in tokens."""
+
     n_threads: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Threads generating; 0 lets llama.cpp choose."""
+
     max_concurrency: Positive = 1
+    """One model thread: calls take turns."""
+
+    sampling: dict[str, int | float] = msgspec.field(default_factory=dict)
+    """Defaults for the sampling settings a request leaves unset, over the built-in ones
+    (`repeat_penalty = 1.2`, `temperature = 0.4`, `top_p = 0.9`, `top_k = 40`,
+    `min_p = 0.05`), e.g. `sampling = { repeat_penalty = 1.1 }`."""
 
     def problems(self) -> list[tuple[str, str]]:
-        """Exactly one of `path` and `slot`, then the common checks."""
+        """Exactly one of `path` and `slot`, the common checks, known `sampling` keys."""
         own = (
             [("", "give exactly one of path or slot")] if bool(self.path) == bool(self.slot) else []
         )
-        return own + super().problems()
+        unknown = sorted(set(self.sampling) - set(SAMPLING_DEFAULTS))
+        keys = [("sampling", f"unknown sampling setting {k!r}") for k in unknown]
+        return own + super().problems() + keys
 
 
 class LlamaCppBackend(Backend):
@@ -71,6 +100,7 @@ class LlamaCppBackend(Backend):
     def __init__(self, cfg: LlamaCppConfig, models_dir: Path) -> None:
         super().__init__(cfg, models_dir)
         self.cfg = cfg
+        self.sampling: dict[str, int | float] = {**SAMPLING_DEFAULTS, **cfg.sampling}
         self.path: Path | None = None
         self.error = ""
         self._llm: Any = None
@@ -157,7 +187,8 @@ class LlamaCppBackend(Backend):
     def _call(self, kind: Kind, body: Json, stream: bool) -> Any:
         if self._llm is None:
             raise BackendError(503, f"{self.name}: model not loaded", retryable=True)
-        args: Json = {k: body[k] for k in _SAMPLING if body.get(k) is not None}
+        given = {k: body[k] for k in _SAMPLING if body.get(k) is not None}
+        args: Json = {**self.sampling, **given}
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         args["max_tokens"] = limit or 512
         args["stream"] = stream

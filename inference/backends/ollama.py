@@ -20,6 +20,7 @@ class OllamaConfig(RemoteConfig, tag="ollama", kw_only=True):
     """An Ollama server, through its native API."""
 
     keep_alive: str = "5m"
+    """How long Ollama keeps the model loaded after a call (its `keep_alive`)."""
 
 
 class OllamaBackend(HttpBackend):

@@ -15,6 +15,7 @@ class VllmConfig(RemoteConfig, tag="vllm", kw_only=True):
     """A vLLM OpenAI-compatible server."""
 
     structured_output_param: Literal["structured_outputs", "guided_json"] = "structured_outputs"
+    """How a JSON schema is passed: `guided_json` for vLLM before 0.10."""
 
 
 class VllmBackend(OpenAIBackend):

@@ -12,7 +12,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.response import Stream
 
 from inference import __version__, translate
-from inference.backends.base import Json, Kind
+from inference.backends.base import Capabilities, Json, Kind
 from inference.controllers.common import GATEWAY_ROUTE, body_of, config_of, gateway_of, new_call
 from inference.service import StreamState
 from inference.validation import RequestError, check_chat, check_completion, check_embeddings
@@ -76,7 +76,7 @@ class OllamaController(Controller):
                     for s, m in targets
                 ]
             },
-            "capabilities": ["completion", *(["tools"] if caps.tools else [])],
+            "capabilities": _capabilities(caps),
             "modified_at": _EPOCH,
         }
 
@@ -107,6 +107,13 @@ def _details() -> Json:
         "parameter_size": "",
         "quantization_level": "",
     }
+
+
+def _capabilities(caps: Capabilities) -> list[str]:
+    # Ollama's words: an embedding-only model is `embedding`, not `completion`.
+    if caps.embeddings and not (caps.chat or caps.completion):
+        return ["embedding"]
+    return ["completion", *(["tools"] if caps.tools else [])]
 
 
 def _model_entry(name: str) -> Json:

@@ -46,18 +46,22 @@ def _valid(text: str) -> dict[str, Any]:
 # --- model lists -------------------------------------------------------------------------
 
 
+# The embedded default's embedding model and its alias, beside the chat model.
+EMBED_MODEL, EMBED_ALIAS = "multilingual-e5-small", "embeddings-default"
+
+
 def test_openai_lists_the_default_model(gateway: Gateway) -> None:
-    """`client.models.list()` shows the embedded default by the name clients ask for."""
+    """`client.models.list()` shows the embedded default by the names clients ask for."""
     ids = [m.id for m in gateway.openai().models.list()]
-    assert ids == [MODEL]
+    assert ids == [EMBED_ALIAS, MODEL, EMBED_MODEL]
 
 
 def test_ollama_list_ps_and_show(gateway: Gateway) -> None:
     """`ollama list`, `ollama ps` and `ollama show` describe the default model and backend."""
     client = gateway.ollama()
-    assert [m.model for m in client.list().models] == [MODEL]
+    assert [m.model for m in client.list().models] == [EMBED_ALIAS, MODEL, EMBED_MODEL]
     running = client.ps().models
-    assert [m.model for m in running] == [MODEL], "the loaded model is not reported as running"
+    assert [m.model for m in running] == [MODEL, EMBED_MODEL], "a loaded model is not running"
     shown = client.show(MODEL)
     assert shown.modelinfo is not None
     targets = shown.modelinfo["fieldbox.targets"]

@@ -286,7 +286,8 @@ def test_up_answers_a_chat_through_the_gateway(data_dir: Path, ups: list[Up]) ->
     banner = up.banner()
     assert banner["gateway"] == f"{up.gateway_url}/v1"
     client = openai.OpenAI(base_url=banner["gateway"], api_key=banner["admin_token"], max_retries=0)
-    assert [m.id for m in client.models.list()] == ["smollm2-135m"]
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["embeddings-default", "smollm2-135m", "multilingual-e5-small"]
     reply = client.chat.completions.create(
         model="smollm2-135m",
         messages=[{"role": "user", "content": "Say hello."}],
