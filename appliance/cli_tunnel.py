@@ -36,11 +36,12 @@ _funnel = click.option(
 
 
 def _plan(cfg: FieldboxConfig, box_tag: str, funnel: bool, acls: bool = False) -> TunnelPlan:
+    from appliance.tunnel_gateway import tunnel_gateway
     from bridge.tunnel import TunnelError, plan
 
     try:
         return plan(
-            cfg.gateway,
+            tunnel_gateway(cfg.gateway),
             cfg.bridge.tunnel,
             box_tag,
             funnel=funnel,
@@ -120,13 +121,16 @@ def tunnel_apply(ctx: Context, box_tag: str, funnel: bool, reset: bool) -> None:
 @pass_ctx
 def tunnel_status(ctx: Context, box_tag: str, funnel: bool, as_json: bool) -> None:
     """What the box exposes now, checked against the plan; exit 1 if it differs or is unknown."""
+    from appliance.tunnel_gateway import tunnel_gateway
     from bridge.tunnel import TunnelError, plan, status, verify
 
     current = status(ctx.cfg.bridge.tunnel)
     problems: list[str] = []
     if current.exposure is not None:
         try:
-            wanted = plan(ctx.cfg.gateway, ctx.cfg.bridge.tunnel, box_tag, funnel=funnel)
+            wanted = plan(
+                tunnel_gateway(ctx.cfg.gateway), ctx.cfg.bridge.tunnel, box_tag, funnel=funnel
+            )
         except TunnelError as exc:
             problems = [f"no plan to compare with: {exc}"]
         else:

@@ -13,7 +13,7 @@ from appliance.schemas import JobCreate
 from appliance.services import Services, in_thread
 from store import ingest
 from store.errors import InvalidDocument
-from store.queue import TERMINAL, Job, Queue
+from store.queue import TERMINAL, Job
 
 _TERMINAL_EVENTS = frozenset({"succeeded", "failed", "dead", "cancelled"})
 _encode = msgspec.json.Encoder().encode
@@ -54,23 +54,6 @@ async def enqueue(svc: Services, req: JobCreate) -> tuple[Job, bool]:
         priority=req.priority,
         idempotency_key=req.idempotency_key,
     )
-
-
-def enqueue_capture_jobs(
-    queue: Queue, asset_id: str, location: str, *, photos: bool = False
-) -> list[Job]:
-    """A perception and a splat job for a capture upload (a splat job only for a photo
-    capture: perception tracks objects through video); idempotent per asset, so a
-    repeated finalize (a retried last PATCH, a restart) queues nothing twice."""
-    return [
-        queue.enqueue(
-            kind,
-            {"asset_id": asset_id, "params": {}},
-            location=location,
-            idempotency_key=f"capture:{asset_id}:{kind}",
-        )[0]
-        for kind in (("splat",) if photos else ("perception", "splat"))
-    ]
 
 
 async def event_stream(svc: Services, job_id: str, after: int) -> AsyncIterator[bytes]:

@@ -13,6 +13,7 @@ from zipfile import is_zipfile
 
 from litestar.di import NamedDependency
 
+from appliance.capture_jobs import enqueue_capture_jobs
 from appliance.committer import AsyncCommitter
 from appliance.config import FieldboxConfig
 from appliance.observe import Metrics
@@ -84,8 +85,6 @@ class Services:
         """An upload became an asset: queue its capture jobs when configured (idempotent,
         and run before the upload is marked done, so a crash cannot skip it)."""
         if asset.kind == "capture" and self.cfg.worker.auto_enqueue_capture:
-            from appliance.jobs import enqueue_capture_jobs
-
             _, blob = ingest.asset_file(self.layout, self.locations, asset.id)
             enqueue_capture_jobs(self.queue, asset.id, asset.location, photos=is_zipfile(blob))
 

@@ -183,7 +183,7 @@ class Worker:
                 job, self.cfg, self.layout, self.locations, self.outbox, self._reporter(item)
             )
             self.queue.succeed(job.id, self.id, result)
-            shutil.rmtree(self.layout.jobs_dir / job.id, ignore_errors=True)
+            shutil.rmtree(self.layout.job_dir(job.id), ignore_errors=True)
             log.info("job_succeeded", result=result)
         except Cancelled:
             self._interrupted(job, log)

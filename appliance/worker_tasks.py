@@ -104,7 +104,7 @@ def execute(
         raise InvalidInput(f"the job's asset is gone: {exc}") from exc
     params: dict[str, Any] = dict(job.payload.get("params") or {})
     run = JobRun(
-        job, cfg, layout, locs, outbox, asset, video, layout.jobs_dir / job.id, params, reporter
+        job, cfg, layout, locs, outbox, asset, video, layout.job_dir(job.id), params, reporter
     )
     tasks = {"perception": _perception, "splat": _splat}
     if job.kind not in tasks:

@@ -23,18 +23,18 @@ STALE_AFTER_S = 30.0
 
 def status_dir(layout: Layout) -> Path:
     """Where worker processes leave their status."""
-    return layout.root / "workers"
+    return layout.workers_dir
 
 
 def write_status(layout: Layout, worker_id: str, status: dict[str, Any]) -> None:
     """Replace a worker's status file atomically (readers never see half of it)."""
     body = {**status, "worker_id": worker_id, "updated_at": time.time()}
-    replace_file(status_dir(layout) / f"{worker_id}.json", json.dumps(body))
+    replace_file(layout.worker_status(worker_id), json.dumps(body))
 
 
 def remove_status(layout: Layout, worker_id: str) -> None:
     """A worker that stopped cleanly removes its file."""
-    (status_dir(layout) / f"{worker_id}.json").unlink(missing_ok=True)
+    layout.worker_status(worker_id).unlink(missing_ok=True)
 
 
 def read_statuses(layout: Layout) -> list[dict[str, Any]]:
@@ -71,7 +71,7 @@ def gpu_status() -> dict[str, Any] | None:
 
 def drain_path(layout: Layout) -> Path:
     """The drain flag's file under the data root."""
-    return layout.root / "drain"
+    return layout.drain_flag
 
 
 def set_drain(layout: Layout, reason: str = "") -> None:

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -32,9 +33,9 @@ _STATUS_EVERY_S = 2.0
 _REMOTE_RECHECK_S = 60.0
 
 
-def status_path(layout: Layout) -> Any:
+def status_path(layout: Layout) -> Path:
     """Where the bridge leaves its status for the api's /health and the CLI."""
-    return layout.root / "bridge" / "status.json"
+    return layout.bridge_status
 
 
 def read_status(layout: Layout, stale_after_s: float = 30.0) -> dict[str, Any] | None:

@@ -212,8 +212,8 @@ class Replicator:
         self.store = store
         self.layout = layout
         self.locs = locs
-        self.config_path = layout.root / "bridge" / "litestream.yml"
-        self.log_path = layout.root / "bridge" / "litestream.log"
+        self.config_path = layout.litestream_config
+        self.log_path = layout.litestream_log
         self.log = structlog.get_logger("fieldbox.litestream")
         self._p = _Proc()
         self._targets: list[Target] = []

@@ -181,7 +181,7 @@ def location_target(
 
 def drill_path(layout: Layout) -> Path:
     """Where the last drill's verdict is kept."""
-    return layout.root / "bridge" / "drill.json"
+    return layout.drill_verdict
 
 
 def last_drill(layout: Layout) -> dict[str, Any] | None:

@@ -36,6 +36,7 @@ from typing import Any
 import msgspec
 
 from store.db import replace_file
+from store.paths import Layout
 
 FINISH_GRACE_S = 60.0
 _NAME = re.compile(r"^(\d{2})-(.+)\.(\d+)\.jsonl$")
@@ -138,11 +139,11 @@ class Journal:
     """The spool and its shipping journal; every method but `load` needs `exclusive()` held."""
 
     def __init__(
-        self, root: Path, state_dir: Path, key_for: KeyFor, clock: Callable[[], float], log: Any
+        self, layout: Layout, key_for: KeyFor, clock: Callable[[], float], log: Any
     ) -> None:
-        self.root = root
-        self.state_dir = state_dir
-        self.path = state_dir / "telemetry.json"
+        self.root = layout.telemetry_dir
+        self.path = layout.telemetry_journal
+        self.lock_path = layout.telemetry_lock
         self.key_for = key_for
         self.clock = clock
         self.log = log
@@ -170,8 +171,8 @@ class Journal:
         """Hold the spool for one round (True), or learn that another holder has it (False)."""
         # An flock per round: it excludes the nightly cap job (another thread) and a second
         # bridge on the same data root (a mistake) alike; the loser skips its round.
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_dir / "telemetry.lock", os.O_RDWR | os.O_CREAT, 0o640)
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o640)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

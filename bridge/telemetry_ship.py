@@ -88,9 +88,7 @@ class TelemetryShipper:
     ) -> None:
         self.cfg = cfg
         self.log = structlog.get_logger("fieldbox.bridge")
-        self.journal = Journal(
-            layout.telemetry_dir, layout.root / "bridge", self._key, clock, self.log
-        )
+        self.journal = Journal(layout, self._key, clock, self.log)
         self.journal.load()  # status() shows the persisted counters before the first round
         self.last_error: str | None = None
         self._stop: asyncio.Event | None = None

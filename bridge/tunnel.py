@@ -14,9 +14,9 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from bridge.config import TunnelPlanConfig
@@ -29,10 +29,6 @@ from bridge.tailscale_cli import call, not_installed, read_exposure, read_node
 from bridge.tailscale_cli import parse_node as parse_node
 from bridge.tailscale_cli import parse_serve_status as parse_serve_status
 
-if TYPE_CHECKING:
-    # The gateway's own section is read, never imported at run time: no arrow to `inference`.
-    from inference.config import GatewayConfig
-
 Which = Callable[[str], "str | None"]
 PolicyStyle = Literal["grants", "acls"]
 
@@ -42,6 +38,24 @@ FUNNEL_PORTS = (443, 8443, 10000)
 _TAG = re.compile(r"^tag:[A-Za-z0-9][A-Za-z0-9-]*$")
 _LOGIN = re.compile(r"^[^\s@:]+@[^\s@:]+$")
 _LOOPBACK = frozenset({"127.0.0.1", "localhost"})
+
+
+@dataclass(frozen=True)
+class TunnelGateway:
+    """What a plan needs to know of the model gateway: where it listens, whom it lets in.
+
+    The caller builds it from `[gateway]` (`appliance.tunnel_gateway`): the bridge never
+    imports the gateway's config, so the arrow runs from appliance to both.
+    """
+
+    host: str
+    port: int
+    allow: tuple[str, ...] = ()
+    """`[gateway.tunnel] allow`: tailnet logins and tags let in without a key."""
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32",)
+    """`[gateway.tunnel] trusted_proxies`: CIDRs whose identity headers the gateway believes."""
+    allow_funnel: bool = False
+    """`[gateway.tunnel] allow_funnel`: whether the gateway lets Funnel requests through."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +124,7 @@ class TunnelStatus:
 
 
 def plan(
-    gateway: GatewayConfig,
+    gateway: TunnelGateway,
     tunnel: TunnelPlanConfig,
     box_tag: str = "tag:fieldbox",
     *,
@@ -120,7 +134,7 @@ def plan(
     """The commands and policy that expose the gateway to exactly `[gateway.tunnel] allow`."""
     if not _TAG.match(box_tag):
         raise TunnelError(f"{box_tag!r} is not a tailnet tag (tag:name, letters, digits, dashes)")
-    if funnel and not gateway.tunnel.allow_funnel:
+    if funnel and not gateway.allow_funnel:
         raise TunnelError(
             "refusing to plan Funnel: [gateway.tunnel] allow_funnel is false, so the gateway"
             " would refuse every request from the public internet anyway"
@@ -128,7 +142,7 @@ def plan(
     if funnel and tunnel.https_port not in FUNNEL_PORTS:
         ports = ", ".join(map(str, FUNNEL_PORTS))
         raise TunnelError(f"Funnel only serves ports {ports}, not [bridge.tunnel] https_port")
-    allow, warnings = _allow_entries(gateway.tunnel.allow)
+    allow, warnings = _allow_entries(gateway.allow)
     warnings += _gateway_warnings(gateway)
     target = f"http://127.0.0.1:{gateway.port}"
     common: dict[str, Any] = {
@@ -138,13 +152,13 @@ def plan(
         "target": target,
         "box_tag": box_tag,
         "funnel": funnel,
-        "allow_funnel": gateway.tunnel.allow_funnel,
+        "allow_funnel": gateway.allow_funnel,
         "allow": allow,
         "reset": [tunnel.tailscale, "serve", "reset"],
         "warnings": warnings,
     }
     if not allow:
-        why = "is empty" if not gateway.tunnel.allow else "names no tailnet login or tag"
+        why = "is empty" if not gateway.allow else "names no tailnet login or tag"
         reason = (
             f"[gateway.tunnel] allow {why}: the gateway would let no tunnel caller in,"
             " so the plan exposes nothing"
@@ -162,7 +176,7 @@ def plan(
     return TunnelPlan(commands=commands, policy=policy, notes=notes, **common)
 
 
-def _allow_entries(entries: list[str]) -> tuple[list[str], list[str]]:
+def _allow_entries(entries: Sequence[str]) -> tuple[list[str], list[str]]:
     allow: list[str] = []
     warnings: list[str] = []
     for entry in entries:
@@ -180,14 +194,14 @@ def _allow_entries(entries: list[str]) -> tuple[list[str], list[str]]:
     return allow, warnings
 
 
-def _gateway_warnings(gateway: GatewayConfig) -> list[str]:
+def _gateway_warnings(gateway: TunnelGateway) -> list[str]:
     warnings: list[str] = []
     if gateway.host not in ("0.0.0.0", "::", "127.0.0.1", "localhost", "::1"):
         warnings.append(
             f"[gateway] host is {gateway.host!r}: `tailscale serve` proxies to 127.0.0.1 only,"
             " so it cannot reach the gateway; set host to 0.0.0.0 or 127.0.0.1"
         )
-    if not any(_has_loopback(cidr) for cidr in gateway.tunnel.trusted_proxies):
+    if not any(_has_loopback(cidr) for cidr in gateway.trusted_proxies):
         warnings.append(
             "127.0.0.1 (where `tailscale serve` connects from) is not in [gateway.tunnel]"
             " trusted_proxies: the gateway will refuse every tunnel caller with 403"

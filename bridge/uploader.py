@@ -374,7 +374,7 @@ class _RowLocks:
     one process at a time, and a dead process's locks go with it."""
 
     def __init__(self, layout: Layout) -> None:
-        path = layout.root / "bridge" / "uploader.lock"
+        path = layout.uploader_lock
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 

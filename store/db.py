@@ -93,7 +93,8 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> int:
 
 
 class Database:
-    """One SQLite file: a single writer connection under a lock, and a reader per thread."""
+    """One SQLite file: a single writer connection under a lock, and a reader per thread
+    (":memory:" is one connection for both)."""
 
     def __init__(self, path: Path | str, cfg: StoreConfig, migrations: Sequence[str] = ()) -> None:
         self.path = str(path)
@@ -151,6 +152,11 @@ class Database:
 
     def read(self) -> sqlite3.Connection:
         """This thread's read connection (readers never block the writer in WAL mode)."""
+        if self.path == ":memory:":
+            # Every connection to ":memory:" is a database of its own: a reader of its own
+            # would see none of the writer's rows. An in-memory database (tests, tools) has
+            # one connection, so a read inside another thread's open write sees that write.
+            return self._writer
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = connect(self.path, self.cfg)

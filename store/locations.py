@@ -76,7 +76,7 @@ class Locations:
     def _create_lock(self) -> Iterator[None]:
         # Serialises creation across processes, so one id never lands in two places.
         self.layout.locations_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.layout.locations_dir / ".create.lock", "a+") as fh:
+        with open(self.layout.locations_create_lock, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield

@@ -142,15 +142,6 @@ class Outbox:
         )
         return [_item(r) for r in rows]
 
-    def next_due_at(self) -> float | None:
-        """The earliest retry time of a pending row, or None when nothing is pending."""
-        row = (
-            self.db.read()
-            .execute("SELECT min(next_try_at) FROM outbox WHERE state = 'pending'")
-            .fetchone()
-        )
-        return None if row[0] is None else float(row[0])
-
     def set_multipart(self, item_id: int, upload_id: str | None) -> None:
         """Remember (or forget) the S3 multipart upload in flight, so a restart can resume it."""
         with self.db.write() as conn:

@@ -79,6 +79,11 @@ class Layout:
         """Directory holding one folder per location."""
         return self.root / "locations"
 
+    @property
+    def locations_create_lock(self) -> Path:
+        """The flock that serialises location creation across processes."""
+        return self.locations_dir / ".create.lock"
+
     def location_dir(self, account: str, geo_prefix: str, location: str) -> Path:
         """Folder of one location's database."""
         return self.locations_dir / account / geo_prefix / location
@@ -87,10 +92,15 @@ class Layout:
         """Path of one location's SQLite database."""
         return self.location_dir(account, geo_prefix, location) / "location.db"
 
+    @property
+    def blobs_dir(self) -> Path:
+        """The content-addressed blob store, one folder per location."""
+        return self.root / "blobs"
+
     def blob_path(self, account: str, geo_prefix: str, location: str, sha256: str) -> Path:
         """Path of a content-addressed blob."""
         check_sha256(sha256)
-        return self.root / "blobs" / account / geo_prefix / location / sha256[:2] / sha256
+        return self.blobs_dir / account / geo_prefix / location / sha256[:2] / sha256
 
     @property
     def uploads_dir(self) -> Path:
@@ -102,9 +112,19 @@ class Layout:
         return self.uploads_dir / f"{check_id('upload id', upload_id)}.part"
 
     @property
+    def uploads_boot_id(self) -> Path:
+        """The kernel boot id the upload sessions were last recovered in."""
+        return self.uploads_dir / "boot_id"
+
+    @property
     def uploads_db(self) -> Path:
         """Database of resumable-upload sessions."""
         return self.root / "uploads.db"
+
+    @property
+    def api_lock(self) -> Path:
+        """The flock one api holds on the data root for its whole life."""
+        return self.root / "api.lock"
 
     @property
     def keys_db(self) -> Path:
@@ -125,6 +145,74 @@ class Layout:
     def jobs_dir(self) -> Path:
         """Work folders of jobs: `{job_id}/...`, stage checkpoints."""
         return self.root / "jobs"
+
+    def job_dir(self, job_id: str) -> Path:
+        """One job's work folder: stage outputs and checkpoints."""
+        return self.jobs_dir / job_id
+
+    @property
+    def workers_dir(self) -> Path:
+        """Worker processes' status files, read by the api."""
+        return self.root / "workers"
+
+    def worker_status(self, worker_id: str) -> Path:
+        """One worker process's status file."""
+        return self.workers_dir / f"{worker_id}.json"
+
+    @property
+    def drain_flag(self) -> Path:
+        """The box's drain flag: while it exists, workers claim no new jobs."""
+        return self.root / "drain"
+
+    @property
+    def bridge_dir(self) -> Path:
+        """The bridge daemon's own state."""
+        return self.root / "bridge"
+
+    @property
+    def bridge_status(self) -> Path:
+        """The bridge's last status, for the api's /health and `fieldbox sync status`."""
+        return self.bridge_dir / "status.json"
+
+    @property
+    def litestream_config(self) -> Path:
+        """The `litestream.yml` the bridge writes and runs Litestream with."""
+        return self.bridge_dir / "litestream.yml"
+
+    @property
+    def litestream_log(self) -> Path:
+        """Litestream's stdout and stderr."""
+        return self.bridge_dir / "litestream.log"
+
+    @property
+    def uploader_lock(self) -> Path:
+        """Byte-range locks, one byte per outbox row, held while a row uploads."""
+        return self.bridge_dir / "uploader.lock"
+
+    @property
+    def drill_verdict(self) -> Path:
+        """The last restore drill's verdict."""
+        return self.bridge_dir / "drill.json"
+
+    @property
+    def telemetry_journal(self) -> Path:
+        """The telemetry shipper's journal: batches in flight and the next key's seq."""
+        return self.bridge_dir / "telemetry.json"
+
+    @property
+    def telemetry_lock(self) -> Path:
+        """The flock a telemetry shipping round holds on the spool."""
+        return self.bridge_dir / "telemetry.lock"
+
+    @property
+    def up_status(self) -> Path:
+        """`fieldbox up`'s status: its children and their restarts."""
+        return self.root / "up" / "status.json"
+
+    @property
+    def up_log(self) -> Path:
+        """Every child's log lines under `fieldbox up`, teed into one file."""
+        return self.root / "logs" / "up.log"
 
     @property
     def telemetry_dir(self) -> Path:

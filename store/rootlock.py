@@ -12,8 +12,7 @@ import os
 from pathlib import Path
 
 from store.errors import StoreError
-
-LOCK_NAME = "api.lock"
+from store.paths import Layout
 
 
 class RootLocked(StoreError):
@@ -41,7 +40,7 @@ def hold_api_lock(root: Path) -> int:
     Raises RootLocked, naming the holder's PID, while another process holds it.
     """
     root.mkdir(parents=True, exist_ok=True)
-    path = root / LOCK_NAME
+    path = Layout(root).api_lock
     # O_CLOEXEC (Python's default): a child the api starts must not inherit the lock.
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

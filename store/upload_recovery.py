@@ -53,7 +53,7 @@ def boot_id() -> str:
 def recover_after_reboot(uploads: Uploads, current: str | None = None) -> int:
     """After a reboot, set each in-flight offset from its part file; return how many moved."""
     current = boot_id() if current is None else current
-    marker = uploads.layout.uploads_dir / "boot_id"
+    marker = uploads.layout.uploads_boot_id
     try:
         if marker.read_text().strip() == current and current != _UNKNOWN:
             return 0

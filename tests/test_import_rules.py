@@ -32,13 +32,7 @@ OURS = frozenset(ALLOWED)
 # Known edges that run against the arrows, each named with the change that removes it. Only
 # these exact (file, module) pairs are let through; test_known_violation_is_gone is an xfail
 # for each, and XPASSes once the edge is gone: then delete the entry.
-KNOWN: frozenset[tuple[str, str]] = frozenset(
-    {
-        # bridge/tunnel.py imports inference.config's GatewayConfig (the tunnel's allowlist);
-        # being fixed so that the CLI passes the values down instead.
-        ("bridge/tunnel.py", "inference.config"),
-    }
-)
+KNOWN: frozenset[tuple[str, str]] = frozenset()
 
 
 def imported_modules(tree: ast.AST, package: str) -> list[tuple[int, str]]:

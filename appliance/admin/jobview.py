@@ -41,7 +41,7 @@ def results(job: Job) -> list[dict[str, str]]:
 
 def frames_dir(svc: Services, job: Job) -> Path:
     """Where a perception job's sampled frames are (they may be pruned since)."""
-    return svc.layout.jobs_dir / job.id / "perception" / "frames"
+    return svc.layout.job_dir(job.id) / "perception" / "frames"
 
 
 def _facts(svc: Services, job: Job) -> dict[str, Any] | None:

@@ -284,7 +284,8 @@ def test_the_finished_rule(after_hour_s: float, newer: bool, finished: bool) -> 
 
 def test_journal_keys_never_repeat_across_restarts(tmp_path: Path) -> None:
     """The seq counter is journaled with each batch, so a restart never reuses a key."""
-    root, state = tmp_path / "telemetry", tmp_path / "bridge"
+    layout = Layout(tmp_path)
+    root = layout.telemetry_dir
 
     def key_for(day: str, hour: int, seq: int) -> str:
         return f"{day}/{hour}-{seq}"
@@ -293,7 +294,7 @@ def test_journal_keys_never_repeat_across_restarts(tmp_path: Path) -> None:
     for i in range(3):
         (root / "2026-01-02").mkdir(parents=True, exist_ok=True)
         (root / "2026-01-02" / f"10-w.{i}.jsonl").write_bytes(b'{"a":1}\n')
-        journal = Journal(root, state, key_for, lambda: 2e9, None)
+        journal = Journal(layout, key_for, lambda: 2e9, None)
         with journal.exclusive():
             planned = journal.plan(1000)
             assert planned is not None

@@ -16,9 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from appliance.cli import main
+from appliance.tunnel_gateway import tunnel_gateway
 from bridge.config import TunnelPlanConfig
 from bridge.tunnel import (
     TunnelError,
+    TunnelGateway,
     TunnelPlan,
     apply,
     parse_node,
@@ -27,7 +29,6 @@ from bridge.tunnel import (
     status,
     verify,
 )
-from inference.config import GatewayConfig
 from tests.conftest import make_config
 
 DATA = Path(__file__).parent / "data" / "tailscale"
@@ -39,11 +40,12 @@ def _fixture(name: str) -> Any:
     return json.loads((DATA / name).read_text())
 
 
-def _gateway(toml: str = "") -> GatewayConfig:
-    return make_config(Path("/nonexistent"), toml).gateway
+def _gateway(toml: str = "") -> TunnelGateway:
+    # Built the way the CLI builds it, so these tests read `[gateway]` as a user writes it.
+    return tunnel_gateway(make_config(Path("/nonexistent"), toml).gateway)
 
 
-def _allow(*entries: str, extra: str = "") -> GatewayConfig:
+def _allow(*entries: str, extra: str = "") -> TunnelGateway:
     listed = ", ".join(f'"{e}"' for e in entries)
     return _gateway(f"[gateway.tunnel]\nallow = [{listed}]\n{extra}")
 

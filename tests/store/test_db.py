@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,21 @@ def test_migrations_run_once_and_new_ones_apply(tmp_path: Path) -> None:
     try:
         assert set(db.utils.table_names()) == {"a", "b"}
         assert db.utils.execute("PRAGMA user_version").fetchone()[0] == 2
+    finally:
+        db.close()
+
+
+def test_in_memory_database_reads_what_it_wrote() -> None:
+    """A ":memory:" database is one database: the migrated tables and a committed row are
+    there through `read()`, from this thread and from another."""
+    db = Database(":memory:", StoreConfig(), ("CREATE TABLE t (x INTEGER)",))
+    try:
+        with db.write() as conn:
+            conn.execute("INSERT INTO t VALUES (42)")
+        assert db.read().execute("SELECT x FROM t").fetchall() == [(42,)]
+        with ThreadPoolExecutor(1) as pool:
+            rows = pool.submit(lambda: db.read().execute("SELECT x FROM t").fetchall()).result()
+        assert rows == [(42,)]
     finally:
         db.close()
 

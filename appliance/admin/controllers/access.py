@@ -29,11 +29,12 @@ Form = Annotated[KeyForm, Body(media_type=RequestEncodingType.URL_ENCODED)]
 
 
 def _tunnel(svc: Services) -> dict[str, Any]:
+    from appliance.tunnel_gateway import tunnel_gateway
     from bridge import tunnel
 
     cfg = svc.cfg
     try:
-        plan: Any = tunnel.plan(cfg.gateway, cfg.bridge.tunnel)
+        plan: Any = tunnel.plan(tunnel_gateway(cfg.gateway), cfg.bridge.tunnel)
         plan_error = ""
     except tunnel.TunnelError as exc:
         plan, plan_error = None, str(exc)
