@@ -8,7 +8,7 @@ dialect and the Ollama backend are translated to and from it in `inference.trans
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -132,4 +132,5 @@ class Backend:
 
     def describe(self) -> Json:
         """What `/v1/backends` and `/api/show` say about this backend (no secrets)."""
-        return {"name": self.name, "type": self.type_name, "models": self.models}
+        can = [name for name, able in asdict(self.capabilities).items() if able]
+        return {"name": self.name, "type": self.type_name, "models": self.models, "can": can}
