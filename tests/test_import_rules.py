@@ -105,3 +105,67 @@ def test_a_new_violation_is_caught(tmp_path: Path, package: str, source: str) ->
     (tmp_path / package / "bad.py").write_text(source)
     (tmp_path / "appliance" / "ok.py").write_text("import store\nfrom . import ok\n")
     assert [f for f, _, _ in violations(tmp_path)] == [f"{package}/bad.py"]
+
+
+def module_graph(root: Path, package: str) -> dict[str, set[str]]:
+    """Module -> the modules of `package` it imports, anywhere in its file."""
+    names: dict[str, Path] = {}
+    for path in sorted((root / package).rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        tree = ast.parse(path.read_text(), str(path))
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                # `from a.b import c` imports a.b, or the module a.b.c if there is one.
+                found = [f"{node.module}.{alias.name}" for alias in node.names]
+                targets.update(m for m in found if m in names)
+                targets.add(node.module)
+            elif isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+        graph[name] = {t for t in targets if t in names and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle found by a depth-first walk (each as the modules around it)."""
+    state: dict[str, int] = {}
+    found: list[list[str]] = []
+
+    def walk(node: str, path: list[str]) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                found.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                walk(nxt, path)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            walk(node, [])
+    return found
+
+
+def test_appliance_has_no_import_cycle() -> None:
+    """No module of `appliance` imports, even inside a function, one that imports it back:
+    the CLI's subcommands register on the root group without importing it, and `jobs` and
+    `services` import one way."""
+    assert cycles(module_graph(ROOT, "appliance")) == []
+
+
+def test_a_cycle_is_caught(tmp_path: Path) -> None:
+    """A root group that imports its subcommand, which imports the root back: found."""
+    (tmp_path / "appliance" / "cli").mkdir(parents=True)
+    (tmp_path / "appliance" / "__init__.py").write_text("")
+    (tmp_path / "appliance" / "cli" / "__init__.py").write_text(
+        "def register():\n    from appliance.cli.jobs import jobs\n"
+    )
+    (tmp_path / "appliance" / "cli" / "jobs.py").write_text("from appliance.cli import main\n")
+    assert cycles(module_graph(tmp_path, "appliance")) == [
+        ["appliance.cli", "appliance.cli.jobs", "appliance.cli"]
+    ]

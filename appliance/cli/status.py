@@ -14,7 +14,7 @@ from typing import Any
 import click
 import msgspec
 
-from appliance.cli import Context, pass_ctx
+from appliance.cli.context import Context, pass_ctx
 from appliance.config import FieldboxConfig
 
 

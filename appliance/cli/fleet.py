@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from appliance.cli import Context, pass_ctx
+from appliance.cli.context import Context, pass_ctx
 from appliance.config import FieldboxConfig
 
 _POLL_S = 0.5

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from appliance.cli import Context, pass_ctx
+from appliance.cli.context import Context, pass_ctx
 from appliance.config import FieldboxConfig
 
 if TYPE_CHECKING:

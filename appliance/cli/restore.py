@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from appliance.cli import Context, pass_ctx
+from appliance.cli.context import Context, pass_ctx
 
 if TYPE_CHECKING:
     from bridge.restore_blobs import Fetched

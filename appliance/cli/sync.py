@@ -9,7 +9,7 @@ from typing import Any
 import click
 import msgspec
 
-from appliance.cli import Context, pass_ctx
+from appliance.cli.context import Context, pass_ctx
 from appliance.config import FieldboxConfig
 
 # `sync now` passes again while another process (the bridge daemon) holds rows, at most this long.
