@@ -134,7 +134,7 @@ class _HeadWithBody:
         if held is not None:
             self._held = None
             self._transport.write(held + data)
-        elif data.startswith(b"HTTP/1.1 "):
+        elif isinstance(data, bytes) and data.startswith(b"HTTP/1.1 "):
             self._held = data
             asyncio.get_running_loop().call_soon(self.flush)
         else:

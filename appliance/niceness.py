@@ -1,7 +1,7 @@
 """The worker's share of the CPU: its niceness, set first thing at its start.
 
 On Linux a thread's niceness is its own and new threads inherit their creator's, so this
-runs first thing in `fieldbox serve worker`, before the slot threads or torch's and
+runs first thing in `fieldbox serve worker`, before the job threads or torch's and
 OpenMP's pools exist, and sets every thread already there (a BLAS pool started by an
 import): every thread the worker ever has then runs at the configured niceness.
 """

@@ -43,19 +43,9 @@ _STATUS_STALE_S = 10.0
 LOG_ROTATE_BYTES = 8 * 1024 * 1024
 
 
-def up_status_path(layout: Layout) -> Path:
-    """Where `fieldbox up` says what it supervises."""
-    return layout.root / "up" / "status.json"
-
-
-def up_log_path(layout: Layout) -> Path:
-    """The file `fieldbox up` tees its children's log lines into."""
-    return layout.root / "logs" / "up.log"
-
-
 def read_up_status(layout: Layout) -> dict[str, Any] | None:
     """What a running `fieldbox up` last wrote, or None when none runs (or it went stale)."""
-    data = read_json(up_status_path(layout))
+    data = read_json(layout.up_status)
     if data is None:
         return None
     if time.time() - float(data.get("updated_at", 0)) > _STATUS_STALE_S:
@@ -187,7 +177,7 @@ class Child:
 
 
 def _write_up_status(layout: Layout, started_at: float, children: list[Child]) -> None:
-    path = up_status_path(layout)
+    path = layout.up_status
     body = {
         "pid": os.getpid(),
         "started_at": started_at,
@@ -268,7 +258,7 @@ def run_up(
     ]
     token = first_admin_token(cfg)
     layout = Layout(cfg.data_dir)
-    tee = LogTee(up_log_path(layout))
+    tee = LogTee(layout.up_log)
     readiness = Readiness([c.name for c in children])
     env = {**os.environ, "FIELDBOX_DATA": str(cfg.data_dir)}
     started_at = time.time()
@@ -303,7 +293,7 @@ def run_up(
         stop.wait(0.5)
     for child in reversed(children):
         child.stop(timeout=15)
-    up_status_path(layout).unlink(missing_ok=True)
+    layout.up_status.unlink(missing_ok=True)
     readiness.close()
     tee.close()
     return 0

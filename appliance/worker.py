@@ -1,11 +1,11 @@
 """`fieldbox serve worker`: claims jobs from the queue and runs perception and splat pipelines.
 
-Each slot thread claims a job, runs its pipeline in `jobs/{id}/` (stages resume after a
+Each job thread claims a job, runs its pipeline in `jobs/{id}/` (stages resume after a
 crash), renews the lease by heartbeat, and records the outcome. Signals only set the stop
 event; on stop every running job is interrupted at its next progress report and released
 back to the queue, where it resumes at its last finished stage. While the box's drain flag
-is set the slots claim nothing new. Under systemd the main loop (the heartbeat) says
-READY=1 once the slots run, pings the watchdog, and says STOPPING=1 when the stop begins.
+is set the job threads claim nothing new. Under systemd the main loop (the heartbeat) says
+READY=1 once the job threads run, pings the watchdog, and says STOPPING=1 when the stop begins.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import structlog
 
 from appliance import sdnotify
 from appliance.config import FieldboxConfig
-from appliance.worker_tasks import execute, reached, reached_fraction
-from appliance.workers import gpu_status, is_draining, remove_status, write_status
+from appliance.job_kinds import execute, reached, reached_fraction
+from appliance.worker_status import gpu_status, is_draining, remove_status, write_status
 from perception.progress import Cancelled, InvalidInput, OutOfMemory, Reporter, Unavailable
 from store.errors import Conflict, StoreError
 from store.locations import Locations
@@ -33,14 +33,14 @@ from store.paths import Layout
 from store.queue import Job, Queue
 
 _PROGRESS_EVERY_S = 0.5
-# How long a stop waits for the slots to release their jobs (a stage that reports no
+# How long a stop waits for the job threads to release their jobs (a stage that reports no
 # progress cannot be interrupted sooner); the unit's TimeoutStopSec is longer than this.
 _STOP_GRACE_S = 60.0
 
 
 @dataclass
 class Running:
-    """A job in progress in one slot."""
+    """A job in progress in one job thread."""
 
     job: Job
     stop: threading.Event = field(default_factory=threading.Event)
@@ -50,7 +50,7 @@ class Running:
 
 
 class Worker:
-    """The slots of one worker process."""
+    """The job threads of one worker process."""
 
     def __init__(self, cfg: FieldboxConfig, stop: threading.Event) -> None:
         self.cfg = cfg
@@ -67,13 +67,13 @@ class Worker:
 
     def run(self) -> None:
         """Run until the stop event is set; then release running jobs and close."""
-        slots = [
-            threading.Thread(target=self._slot, name=f"slot-{n}", daemon=True)
+        threads = [
+            threading.Thread(target=self._job_thread, name=f"job-{n}", daemon=True)
             for n in range(self.cfg.worker.concurrency)
         ]
-        for thread in slots:
+        for thread in threads:
             thread.start()
-        self.log.info("worker_started", worker=self.id, slots=len(slots))
+        self.log.info("worker_started", worker=self.id, threads=len(threads))
         # The overview reads this file: written now, not one heartbeat later, so a worker
         # that has just started is shown as up rather than down.
         self._heartbeat()
@@ -84,9 +84,9 @@ class Worker:
         for item in list(self.running.values()):
             item.stop.set()
         deadline = time.monotonic() + _STOP_GRACE_S
-        for thread in reversed(slots):
+        for thread in reversed(threads):
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        if any(thread.is_alive() for thread in slots):
+        if any(thread.is_alive() for thread in threads):
             # Their leases expire and another worker resumes the jobs at their last stage.
             self.log.warning("worker_stop_slow", running=list(self.running))
         remove_status(self.layout, self.id)
@@ -145,7 +145,7 @@ class Worker:
             },
         )
 
-    def _slot(self) -> None:
+    def _job_thread(self) -> None:
         while not self.stop.is_set():
             if is_draining(self.layout):
                 self.drained_polls += 1

@@ -2,7 +2,7 @@
 
 Sources, all read on each page view (nothing here writes):
 - `up/status.json`, written by `fieldbox up`'s supervisor: pids, restart counts, ports;
-- `workers/*.json` (appliance.workers), `bridge/status.json` (bridge.daemon.read_status);
+- `workers/*.json` (appliance.worker_status), `bridge/status.json` (bridge.daemon.read_status);
 - the gateway's `/health`, `/ready` and `/v1/backends` on its port (from `up`, else config);
 - `/proc` for load and memory, `shutil.disk_usage` for the data disk, `nvidia-smi` for a GPU.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 from appliance.config import FieldboxConfig
 from appliance.supervisor import read_up_status
-from appliance.workers import is_draining, read_statuses
+from appliance.worker_status import is_draining, read_statuses
 from bridge.daemon import read_status
 from store.outbox import Outbox
 from store.paths import Layout

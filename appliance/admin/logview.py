@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.observe import RECENT
-from appliance.supervisor import read_up_status, up_log_path
+from appliance.supervisor import read_up_status
 from store.paths import Layout
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -75,7 +75,7 @@ def _line(event: dict[str, Any]) -> LogLine:
 
 def source(layout: Layout) -> str:
     """Which source `recent` reads: "up" (every process) or "api" (this process only)."""
-    if read_up_status(layout) is not None and up_log_path(layout).is_file():
+    if read_up_status(layout) is not None and layout.up_log.is_file():
         return "up"
     return "api"
 
@@ -91,7 +91,7 @@ def recent(
     """Newest-first events at `level` or above, of `process`, containing `text`; and the
     processes seen (for the filter's choices)."""
     if source(layout) == "up":
-        events = [_parse(line) for line in _tail(up_log_path(layout), 20_000)]
+        events = [_parse(line) for line in _tail(layout.up_log, 20_000)]
     else:
         events = list(RECENT.events)
     floor = LEVELS.index(level) if level in LEVELS else 0

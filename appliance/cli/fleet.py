@@ -56,7 +56,7 @@ def _job_line(job: Any) -> str:
 
 
 def _running(cfg: FieldboxConfig, layout: Any) -> list[Any]:
-    from appliance.workers import running_here
+    from appliance.worker_status import running_here
     from store.queue import Queue
 
     if not layout.queue_db.exists():
@@ -109,7 +109,7 @@ def drain(
     ctx: Context, off: bool, wait_: bool, timeout: float | None, reason: str, show: bool
 ) -> None:
     """Stop claiming new jobs; running jobs finish (or are released if the worker stops)."""
-    from appliance.workers import clear_drain, drain_path, is_draining, set_drain
+    from appliance.worker_status import clear_drain, drain_path, is_draining, set_drain
 
     if off and wait_:
         raise click.UsageError("--off and --wait do not go together")

@@ -104,7 +104,7 @@ def serve_worker(ctx: Context, undrain: bool) -> None:
 
     from appliance.observe import configure_logging
     from appliance.worker import Worker
-    from appliance.workers import clear_drain
+    from appliance.worker_status import clear_drain
     from store.paths import Layout
 
     configure_logging(cfg.log, "worker")

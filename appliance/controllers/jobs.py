@@ -13,7 +13,7 @@ from appliance.auth import FIELD_ACCESS
 from appliance.errors import ApiError
 from appliance.schemas import JobCreate, JobList, WorkerList
 from appliance.services import Svc, in_thread
-from appliance.workers import read_statuses
+from appliance.worker_status import read_statuses
 from store.paths import is_decimal
 from store.queue import Job
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import FieldboxConfig
-from appliance.workers import drain_path, read_statuses
+from appliance.worker_status import drain_path, read_statuses
 from store import ingest
 from store.locations import Location, Locations
 from store.outbox import Outbox

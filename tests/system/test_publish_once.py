@@ -1,7 +1,7 @@
 """A job's results are stored exactly once, whatever instant a `kill -9` hits the worker.
 
 A real `fieldbox serve worker` runs the job with a test-only pause point set
-(`FIELDBOX_TEST_PAUSE_AT`, see `appliance/worker_tasks.py`): at that point it writes a
+(`FIELDBOX_TEST_PAUSE_AT`, see `appliance/job_kinds.py`): at that point it writes a
 marker and blocks, the test sends SIGKILL, and a new worker (no pause) finishes the job.
 Then the location holds exactly one asset per (job, output), the outbox exactly one row
 per asset and no row for an asset that never came to be, and the results are whole.
@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from appliance.worker_tasks import PAUSE_AT_ENV, PAUSE_MARKER_ENV
+from appliance.job_kinds import PAUSE_AT_ENV, PAUSE_MARKER_ENV
 from perception.scene_facts import validate
 from tests.conftest import Server, make_config, make_token
 from tests.system.conftest import StartServer

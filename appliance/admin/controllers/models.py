@@ -33,9 +33,7 @@ def _facts(svc: Services, token: str) -> dict[str, Any]:
     gateway = gateway_facts(svc.cfg, svc.layout, token)
     records = gateway_records(svc.layout.telemetry_dir)
     # The prompt box asks for a chat answer: only what a chat-capable backend serves.
-    chat = {
-        m for b in gateway["backends"] if "chat" in b.get("can", ["chat"]) for m in b["models"]
-    }
+    chat = {m for b in gateway["backends"] if "chat" in b.get("can", ["chat"]) for m in b["models"]}
     aliases = {a for a, targets in gateway["aliases"].items() if chat.intersection(targets)}
     names = sorted(aliases | chat)
     return {"gateway": gateway, "series": gateway_series(records), "names": names}

@@ -6,7 +6,7 @@ second asset or outbox row.
 
 Also the worker's test-only pause points (`reached`, `reached_fraction`): nothing happens
 unless `FIELDBOX_TEST_PAUSE_AT` is set, which only tests do. At the named point the worker
-writes the file `FIELDBOX_TEST_PAUSE_MARKER` names and blocks that slot forever (heartbeats
+writes the file `FIELDBOX_TEST_PAUSE_MARKER` names and blocks that job thread forever (heartbeats
 still run, so the job stays leased) until the test kills the process with a real SIGKILL.
 Points: `{stage}:started` / `{stage}:done` at each stage event, `{stage}:{fraction}` at the
 first progress report of that stage at or past the fraction (`train:0.45`), and
