@@ -72,9 +72,14 @@ class Box:
         return s3.blob_key(self.cfg.bridge.s3, "acme", "eu", "site1", sha256)
 
 
-def make_box(tmp_path: Path, endpoint: str, bucket: str, extra: str = "") -> Box:
-    """A box whose `[bridge]` config points at `endpoint`/`bucket` (empty bucket: no remote)."""
-    toml = (s3_toml(endpoint, bucket) + UPLOAD if bucket else "") + extra
+def make_box(
+    tmp_path: Path, endpoint: str, bucket: str, extra: str = "", read_timeout_s: float = 2.0
+) -> Box:
+    """A box whose `[bridge]` config points at `endpoint`/`bucket` (empty bucket: no remote).
+
+    `read_timeout_s` is short by default, so that dead links fail fast."""
+    upload = UPLOAD.replace("read_timeout_s = 2.0", f"read_timeout_s = {read_timeout_s}")
+    toml = (s3_toml(endpoint, bucket) + upload if bucket else "") + extra
     cfg = make_config(tmp_path / "data", toml)
     layout = Layout(cfg.data_dir)
     layout.ensure()
