@@ -10,12 +10,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Server, make_config, make_token
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = "application/offset+octet-stream"
@@ -270,3 +271,17 @@ def wait_job(
 
 
 WorkerProc = DaemonProc
+
+
+def api_with_location(
+    tmp_path: Path, start_server: Callable[..., Server], config_text: str
+) -> Iterator[tuple[Server, httpx.Client, Path]]:
+    """An api process on `config_text` with location site1, a client with a field key, and
+    the config path (for a fixture to `yield from`)."""
+    data = tmp_path / "data"
+    config = tmp_path / "fieldbox.toml"
+    config.write_text(config_text)
+    server = start_server(config, data)
+    with client(server.url, make_token(make_config(data))) as c:
+        create_location(c, "site1")
+        yield server, c, config

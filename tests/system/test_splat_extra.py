@@ -15,13 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, make_config, make_token
+from tests.conftest import Server
 from tests.system.conftest import StartServer
 from tests.system.helpers import (
     FAST_WORKER_CONFIG,
     WorkerProc,
-    client,
-    create_location,
+    api_with_location,
     tus_create,
     tus_finish,
     wait_job,
@@ -45,13 +44,7 @@ sys.meta_path.insert(0, _NotInstalled())
 @pytest.fixture
 def box(tmp_path: Path, start_server: StartServer) -> Iterator[tuple[Server, httpx.Client, Path]]:
     """An api process with a location, a client with a field key, and the config path."""
-    data = tmp_path / "data"
-    config = tmp_path / "fieldbox.toml"
-    config.write_text(FAST_WORKER_CONFIG)
-    server = start_server(config, data)
-    with client(server.url, make_token(make_config(data))) as c:
-        create_location(c, "site1")
-        yield server, c, config
+    yield from api_with_location(tmp_path, start_server, FAST_WORKER_CONFIG)
 
 
 def _without_extra(tmp_path: Path) -> dict[str, str]:

@@ -10,12 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, make_config, make_token
+from tests.conftest import Server
 from tests.system.conftest import StartServer
 from tests.system.helpers import (
     WorkerProc,
-    client,
-    create_location,
+    api_with_location,
     tus_create,
     tus_finish,
     wait_job,
@@ -42,13 +41,7 @@ checkpoint_every = 20
 @pytest.fixture
 def box(tmp_path: Path, start_server: StartServer) -> Iterator[tuple[Server, httpx.Client, Path]]:
     """An api process with a location, a client with a field key, and the config path."""
-    data = tmp_path / "data"
-    config = tmp_path / "fieldbox.toml"
-    config.write_text(CONFIG)
-    server = start_server(config, data)
-    with client(server.url, make_token(make_config(data))) as c:
-        create_location(c, "site1")
-        yield server, c, config
+    yield from api_with_location(tmp_path, start_server, CONFIG)
 
 
 def _stages(sse: str) -> list[str]:
