@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from store import search_index
 from store.db import Database
 from store.errors import InvalidName, NotFound
 from store.paths import check_id
@@ -74,8 +75,11 @@ def _row(location: str, row: tuple[Any, ...]) -> Asset:
     )
 
 
-def create(db: Database, asset: Asset) -> Asset:
-    """Insert an asset; idempotent on `id` and `upload_id` (a repeat returns the stored row)."""
+def create(db: Database, asset: Asset, facts: dict[str, Any] | None = None) -> Asset:
+    """Insert an asset; idempotent on `id` and `upload_id` (a repeat returns the stored row).
+
+    Its ask-index chunks go in with it; `facts` (a scene-facts asset's JSON) adds its tracks.
+    """
     with db.write() as conn:
         # Checked inside the write lock, so two processes storing one id never make two rows.
         row = conn.execute(f"SELECT {_COLUMNS} FROM assets WHERE id = ?", (asset.id,)).fetchone()
@@ -101,6 +105,15 @@ def create(db: Database, asset: Asset) -> Asset:
                 json.dumps(asset.metadata),
                 asset.upload_id,
             ),
+        )
+        search_index.index_asset(
+            conn,
+            asset.id,
+            kind=asset.kind,
+            filename=asset.filename,
+            project=asset.project,
+            metadata=asset.metadata,
+            facts=facts,
         )
     return asset
 

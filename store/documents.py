@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from store import search_index
 from store.db import Database, Operation
 from store.errors import InvalidDocument, NotFound, PreconditionFailed
 from store.paths import check_key
@@ -168,6 +169,7 @@ def put_op(
             if row is None:
                 raise _refusal(conn, collection, key, if_match or "", deleting=False)
             created_at = row[0]
+        search_index.index_document(conn, collection, key, body, project)
         doc = Document(
             collection=collection,
             key=key,
@@ -201,6 +203,7 @@ def delete_op(collection: str, key: str, *, if_match: str) -> Operation[None]:
         )
         if cur.rowcount != 1:
             raise _refusal(conn, collection, key, if_match, deleting=True)
+        search_index.unindex_document(conn, collection, key)
 
     return conditional_delete
 

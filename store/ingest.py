@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from store import assets, blobs
+from store import assets, blobs, search_index
 from store.assets import Asset
 from store.db import Database
 from store.errors import ChecksumMismatch, NotFound
@@ -86,6 +86,7 @@ def _create(
     loc: Location,
     asset: Asset,
     on_step: Callable[[str], None] | None = None,
+    facts: dict[str, Any] | None = None,
 ) -> Asset:
     # The outbox row commits first: an asset that exists (and so may have been
     # acknowledged) always has one. The reverse crash leaves a row for an asset that never
@@ -103,7 +104,7 @@ def _create(
     )
     if on_step is not None:
         on_step("outbox")
-    made = assets.create(db, asset)
+    made = assets.create(db, asset, facts)
     if on_step is not None:
         on_step("asset")
     return made
@@ -191,4 +192,5 @@ def add_file(
             metadata=metadata or {},
         ),
         on_step,
+        search_index.read_facts(src) if kind == search_index.SCENE_FACTS_KIND else None,
     )

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import msgspec
 
+from store import search_index
 from store.config import StoreConfig
 from store.db import Database, connect, fsync_dir, is_disk_full, makedirs_durable, migrate
 from store.errors import Conflict, DiskFull, InvalidName, NotFound
@@ -40,6 +41,7 @@ LOCATION_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX assets_sha ON assets (sha256, created_at DESC);
     CREATE INDEX assets_project ON assets (project, created_at DESC)
     """,
+    search_index.MIGRATION,
 )
 
 

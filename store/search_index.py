@@ -1,0 +1,471 @@
+"""The ask index of one location: text chunks with FTS5 (bm25) and embedding vectors.
+
+Every chunk names the record it came from (a document, an asset, a track of a scene-facts
+asset) and carries a heading that says where it sits (`project > collection > key`, the
+project markdown's sections), so a chunk read alone still says what it is about.
+
+Chunks are written in the same transaction as the record they index (documents and assets
+call in here from their own writes), so a crash never leaves a record without its chunks.
+Their vectors come later: a chunk's `embedding` is NULL until the api embeds it (the
+outbox-style pending set is `WHERE embedding IS NULL`). Vectors are float32, L2-normalised,
+compared by brute-force dot product in numpy: a location holds thousands of chunks, not
+millions, and this interpreter's sqlite3 cannot load extensions such as sqlite-vec
+(docs/ask.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from store.db import Database
+
+# Appended to LOCATION_MIGRATIONS (store/locations.py). No triggers: `migrate` splits a
+# script on ';'. The backfill queues what a location held before the index existed.
+MIGRATION = """
+CREATE TABLE search_chunks (
+    id INTEGER PRIMARY KEY, source TEXT NOT NULL, ref TEXT NOT NULL, part INTEGER NOT NULL,
+    collection TEXT, key TEXT, asset_id TEXT, track_id INTEGER, t REAL, frame INTEGER,
+    project TEXT, heading TEXT NOT NULL, body TEXT NOT NULL, embedding BLOB,
+    UNIQUE (source, ref, part)
+);
+CREATE INDEX search_chunks_unembedded ON search_chunks (id) WHERE embedding IS NULL;
+CREATE VIRTUAL TABLE search_fts USING fts5(
+    heading, body, tokenize = 'porter unicode61 remove_diacritics 2'
+);
+CREATE TABLE search_pending (
+    source TEXT NOT NULL, ref TEXT NOT NULL, PRIMARY KEY (source, ref)
+) WITHOUT ROWID;
+INSERT INTO search_pending (source, ref) SELECT 'doc', collection || '/' || key FROM documents;
+INSERT INTO search_pending (source, ref) SELECT 'asset', id FROM assets
+"""
+
+SCENE_FACTS_KIND = "scene_facts"
+CHUNK_CHARS = 700
+"""A chunk's body is cut near this many characters, at a line break where there is one."""
+
+_COLUMNS = "id, source, ref, collection, key, asset_id, track_id, t, frame, project, heading, body"
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class Passage(msgspec.Struct, frozen=True, kw_only=True):
+    """One indexed chunk, as retrieval hands it back."""
+
+    id: int
+    source: str  # "doc", "asset" or "track"
+    ref: str
+    collection: str | None = None
+    key: str | None = None
+    asset_id: str | None = None
+    track_id: int | None = None
+    t: float | None = None
+    frame: int | None = None
+    project: str | None = None
+    heading: str
+    body: str
+
+
+def _passage(row: tuple[Any, ...]) -> Passage:
+    return Passage(
+        id=row[0],
+        source=row[1],
+        ref=row[2],
+        collection=row[3],
+        key=row[4],
+        asset_id=row[5],
+        track_id=row[6],
+        t=row[7],
+        frame=row[8],
+        project=row[9],
+        heading=row[10],
+        body=row[11],
+    )
+
+
+# --- what a record reads as -----------------------------------------------------------
+
+
+def flatten(value: Any, prefix: str = "") -> Iterator[str]:
+    """`field: value` lines of a JSON value, nested fields dotted (`owner.phone: …`)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, list):
+        if all(not isinstance(v, dict | list) for v in value):
+            yield f"{prefix}: {', '.join(_scalar(v) for v in value)}" if prefix else ""
+        else:
+            for v in value:
+                yield from flatten(v, prefix)
+    else:
+        yield f"{prefix}: {_scalar(value)}" if prefix else _scalar(value)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def split(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    """`text` in pieces of about `size` characters, cut at line breaks, then at spaces."""
+    pieces: list[str] = []
+    current = ""
+    for line in text.splitlines():
+        while len(line) > size:
+            cut = line.rfind(" ", 0, size)
+            cut = cut if cut > size // 2 else size
+            head, line = line[:cut], line[cut:].lstrip()
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(head)
+        if current and len(current) + 1 + len(line) > size:
+            pieces.append(current)
+            current = line
+        else:
+            current = f"{current}\n{line}" if current else line
+    if current.strip():
+        pieces.append(current)
+    return [p for p in pieces if p.strip()] or [""]
+
+
+def _insert(conn: sqlite3.Connection, rows: Iterable[dict[str, Any]]) -> None:
+    for part, row in enumerate(rows):
+        cur = conn.execute(
+            "INSERT INTO search_chunks (source, ref, part, collection, key, asset_id, track_id,"
+            " t, frame, project, heading, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row["source"],
+                row["ref"],
+                part,
+                row.get("collection"),
+                row.get("key"),
+                row.get("asset_id"),
+                row.get("track_id"),
+                row.get("t"),
+                row.get("frame"),
+                row.get("project"),
+                row["heading"],
+                row["body"],
+            ),
+        )
+        conn.execute(
+            "INSERT INTO search_fts (rowid, heading, body) VALUES (?, ?, ?)",
+            (cur.lastrowid, row["heading"], row["body"]),
+        )
+
+
+def _remove(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> None:
+    conn.execute(
+        f"DELETE FROM search_fts WHERE rowid IN (SELECT id FROM search_chunks WHERE {where})", args
+    )
+    conn.execute(f"DELETE FROM search_chunks WHERE {where}", args)
+
+
+# --- keeping it current (called inside the record's own write transaction) ------------
+
+
+def index_document(
+    conn: sqlite3.Connection, collection: str, key: str, body: bytes, project: str | None
+) -> None:
+    """(Re)index one document: its chunks replace the ones it had."""
+    unindex_document(conn, collection, key)
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        value = body.decode("utf-8", "replace")
+    heading = " > ".join(p for p in (project, collection, key) if p)
+    text = "\n".join(line for line in flatten(value) if line)
+    base = {"source": "doc", "ref": f"{collection}/{key}", "collection": collection, "key": key}
+    _insert(
+        conn,
+        ({**base, "project": project, "heading": heading, "body": piece} for piece in split(text)),
+    )
+
+
+def unindex_document(conn: sqlite3.Connection, collection: str, key: str) -> None:
+    """Drop a document's chunks (it was deleted, or is about to be reindexed)."""
+    _remove(conn, "source = 'doc' AND ref = ?", (f"{collection}/{key}",))
+    conn.execute(
+        "DELETE FROM search_pending WHERE source = 'doc' AND ref = ?", (f"{collection}/{key}",)
+    )
+
+
+def index_asset(
+    conn: sqlite3.Connection,
+    asset_id: str,
+    *,
+    kind: str,
+    filename: str,
+    project: str | None,
+    metadata: dict[str, Any],
+    facts: dict[str, Any] | None = None,
+) -> None:
+    """(Re)index one asset: what it is and what the crew said of it; for a scene-facts
+    asset (`facts` given) also one chunk per track: its label, frames and times."""
+    _remove(conn, "asset_id = ?", (asset_id,))
+    conn.execute("DELETE FROM search_pending WHERE source = 'asset' AND ref = ?", (asset_id,))
+    lines = [f"file: {filename}", f"kind: {kind}", *flatten(metadata)]
+    heading = " > ".join(p for p in (project, "assets", filename) if p)
+    base = {"asset_id": asset_id, "project": project}
+    _insert(
+        conn,
+        (
+            {**base, "source": "asset", "ref": asset_id, "heading": heading, "body": piece}
+            for piece in split("\n".join(line for line in lines if line))
+        ),
+    )
+    if facts is None:
+        return
+    video = metadata.get("source_filename") or filename
+    for track in facts.get("tracks") or []:
+        row = track_chunk(asset_id, project, str(video), facts, track)
+        if row is not None:
+            _insert(conn, [row])
+
+
+def track_chunk(
+    asset_id: str, project: str | None, video: str, facts: dict[str, Any], track: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The chunk of one track: `label seen in frames a-b, from t1 s to t2 s, in video`."""
+    frames = [f for f in track.get("frames") or [] if isinstance(f, dict)]
+    if not frames or not isinstance(track.get("id"), int):
+        return None
+    times = (facts.get("video") or {}).get("frame_times") or []
+
+    def time_of(obs: dict[str, Any]) -> float | None:
+        t = obs.get("t")
+        if isinstance(t, int | float):
+            return float(t)
+        i = obs.get("frame")
+        return float(times[i]) if isinstance(i, int) and 0 <= i < len(times) else None
+
+    first, last = frames[0], frames[-1]
+    t0, t1 = time_of(first), time_of(last)
+    label = str(track.get("label") or "object")
+    when = f"from {t0:.1f} s to {t1:.1f} s" if t0 is not None and t1 is not None else ""
+    body = "\n".join(
+        x
+        for x in (
+            f"{label} (track {track['id']}) seen in video {video}",
+            f"frames {first.get('frame')} to {last.get('frame')}, {len(frames)} observations",
+            when and f"visible {when} of the video",
+            f"first seen at bbox {first.get('bbox')}",
+        )
+        if x
+    )
+    return {
+        "source": "track",
+        "ref": f"{asset_id}#{track['id']}",
+        "asset_id": asset_id,
+        "track_id": track["id"],
+        "t": t0,
+        "frame": first.get("frame"),
+        "project": project,
+        "heading": " > ".join(p for p in (project, "scene facts", video, label) if p),
+        "body": body,
+    }
+
+
+def read_facts(path: Path) -> dict[str, Any] | None:
+    """A scene-facts file's JSON object, or None when it is not one."""
+    try:
+        value = msgspec.json.decode(path.read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def unindex_asset(conn: sqlite3.Connection, asset_id: str) -> None:
+    """Drop an asset's chunks, its tracks' included."""
+    _remove(conn, "asset_id = ?", (asset_id,))
+
+
+# --- the pending set: records to index, chunks to embed ---------------------------------
+
+
+def pending(db: Database, limit: int = 100) -> list[tuple[str, str]]:
+    """(source, ref) of records still to index (from before the index, or a rebuild)."""
+    rows = db.read().execute("SELECT source, ref FROM search_pending LIMIT ?", (limit,))
+    return [(str(r[0]), str(r[1])) for r in rows.fetchall()]
+
+
+def unembedded(db: Database, limit: int = 32) -> list[tuple[int, str]]:
+    """(chunk id, text to embed) of chunks that have no vector yet."""
+    rows = db.read().execute(
+        "SELECT id, heading, body FROM search_chunks WHERE embedding IS NULL ORDER BY id LIMIT ?",
+        (limit,),
+    )
+    return [(int(r[0]), f"{r[1]}\n{r[2]}") for r in rows.fetchall()]
+
+
+def set_embeddings(db: Database, vectors: dict[int, list[float]]) -> int:
+    """Store vectors (normalised here) for chunks that still exist; return how many."""
+    done = 0
+    with db.write(durable=False) as conn:  # recomputable: a power loss costs a re-embed
+        for chunk_id, vector in vectors.items():
+            v = np.asarray(vector, dtype=np.float32)
+            norm = float(np.linalg.norm(v))
+            blob = (v / norm if norm else v).astype("<f4").tobytes()
+            cur = conn.execute(
+                "UPDATE search_chunks SET embedding = ? WHERE id = ?", (blob, chunk_id)
+            )
+            done += cur.rowcount
+    return done
+
+
+def counts(db: Database) -> dict[str, int]:
+    """Chunks, chunks without a vector, records still to index."""
+    conn = db.read()
+    total, bare = conn.execute(
+        "SELECT count(*), count(*) - count(embedding) FROM search_chunks"
+    ).fetchone()
+    waiting = conn.execute("SELECT count(*) FROM search_pending").fetchone()[0]
+    return {"chunks": int(total), "unembedded": int(bare), "pending": int(waiting)}
+
+
+def clear(conn: sqlite3.Connection) -> None:
+    """Empty the index and queue every document and asset again (inside a write)."""
+    conn.execute("DELETE FROM search_fts")
+    conn.execute("DELETE FROM search_chunks")
+    conn.execute("DELETE FROM search_pending")
+    conn.execute(
+        "INSERT INTO search_pending (source, ref) "
+        "SELECT 'doc', collection || '/' || key FROM documents"
+    )
+    conn.execute("INSERT INTO search_pending (source, ref) SELECT 'asset', id FROM assets")
+
+
+def catch_up(
+    db: Database, facts_of: Callable[[str, str, dict[str, Any]], dict[str, Any] | None]
+) -> int:
+    """Index every pending record, each in its own write; return how many.
+
+    `facts_of(asset_id, kind, metadata)` reads a scene-facts asset's JSON (None otherwise).
+    """
+    done = 0
+    while batch := pending(db):
+        for source, ref in batch:
+            with db.write() as conn:
+                if source == "doc":
+                    collection, _, key = ref.partition("/")
+                    row = conn.execute(
+                        "SELECT body, project FROM documents WHERE collection = ? AND key = ?",
+                        (collection, key),
+                    ).fetchone()
+                    if row is None:
+                        unindex_document(conn, collection, key)
+                    else:
+                        index_document(conn, collection, key, bytes(row[0]), row[1])
+                else:
+                    row = conn.execute(
+                        "SELECT kind, filename, project, metadata FROM assets WHERE id = ?",
+                        (ref,),
+                    ).fetchone()
+                    conn.execute(
+                        "DELETE FROM search_pending WHERE source = 'asset' AND ref = ?", (ref,)
+                    )
+                    if row is None:
+                        unindex_asset(conn, ref)
+                    else:
+                        meta = json.loads(row[3] or "{}")
+                        facts = facts_of(ref, row[0], meta) if row[0] == SCENE_FACTS_KIND else None
+                        index_asset(
+                            conn,
+                            ref,
+                            kind=row[0],
+                            filename=row[1],
+                            project=row[2],
+                            metadata=meta,
+                            facts=facts,
+                        )
+            done += 1
+    return done
+
+
+# --- retrieval ----------------------------------------------------------------------------
+
+_STOP = frozenset(
+    """a an and are as at be by can did do does for from had has have how i in is it its of on
+    or that the their there this to was we were what when where which who why will with you
+    our us me my any about last time tell please show find did get got been so if then than
+    should would could""".split()  # noqa: SIM905 (a word list reads better as text)
+)
+
+
+def terms(question: str) -> list[str]:
+    """The words of a question worth matching (no stop words), lowercased, each once."""
+    seen: dict[str, None] = {}
+    for w in _WORD.findall(question.lower()):
+        if w not in _STOP and (len(w) > 1 or w.isdigit()):
+            seen[w] = None
+    return list(seen)
+
+
+def search_text(db: Database, question: str, k: int = 20) -> list[tuple[Passage, float]]:
+    """Chunks matching any of the question's terms, best bm25 first (score: higher better)."""
+    words = terms(question)
+    if not words:
+        return []
+    # Every term quoted: FTS5 syntax in a question (AND, NEAR, *, :) is only text here.
+    match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+    cols = ", ".join(f"c.{c.strip()}" for c in _COLUMNS.split(","))
+    rows = (
+        db.read()
+        .execute(
+            f"SELECT {cols}, bm25(search_fts, 2.0, 1.0) AS score FROM search_fts "
+            "JOIN search_chunks c ON c.id = search_fts.rowid "
+            "WHERE search_fts MATCH ? ORDER BY score LIMIT ?",
+            (match, k),
+        )
+        .fetchall()
+    )
+    return [(_passage(r[:-1]), -float(r[-1])) for r in rows]
+
+
+def search_vectors(db: Database, query: list[float], k: int = 20) -> list[tuple[Passage, float]]:
+    """The `k` chunks whose vectors lie nearest `query` (cosine), nearest first."""
+    conn = db.read()
+    rows = conn.execute(
+        "SELECT id, embedding FROM search_chunks WHERE embedding IS NOT NULL"
+    ).fetchall()
+    if not rows:
+        return []
+    q = np.asarray(query, dtype=np.float32)
+    q /= float(np.linalg.norm(q)) or 1.0
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+    if matrix.shape[1] != q.shape[0]:
+        return []  # vectors of another model: `fieldbox index rebuild` replaces them
+    scores = matrix @ q
+    best = np.argsort(-scores)[:k]
+    by_id = {p.id: p for p in passages(db, [int(ids[i]) for i in best])}
+    return [(by_id[int(ids[i])], float(scores[i])) for i in best if int(ids[i]) in by_id]
+
+
+def passages(db: Database, ids: list[int]) -> list[Passage]:
+    """The chunks with these ids (in no particular order)."""
+    if not ids:
+        return []
+    marks = ", ".join("?" * len(ids))
+    rows = db.read().execute(f"SELECT {_COLUMNS} FROM search_chunks WHERE id IN ({marks})", ids)
+    return [_passage(r) for r in rows.fetchall()]
+
+
+def fuse(*ranked: list[tuple[Passage, float]], k: int = 60) -> list[tuple[Passage, float]]:
+    """Reciprocal rank fusion of ranked lists: sum of 1 / (k + rank) per list a chunk is in."""
+    scores: dict[int, float] = {}
+    by_id: dict[int, Passage] = {}
+    for results in ranked:
+        for rank, (p, _) in enumerate(results, start=1):
+            scores[p.id] = scores.get(p.id, 0.0) + 1.0 / (k + rank)
+            by_id[p.id] = p
+    order = sorted(scores, key=lambda i: -scores[i])
+    return [(by_id[i], scores[i]) for i in order]
