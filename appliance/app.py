@@ -14,11 +14,12 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from appliance import __version__
+from appliance import __version__, ask_index
 from appliance.admin import AdminSite, admin_router, admin_templates
 from appliance.admin.headers import api_headers
 from appliance.auth import authorize
 from appliance.config import FieldboxConfig
+from appliance.controllers.ask import AskController
 from appliance.controllers.assets import AssetController
 from appliance.controllers.documents import DocumentController
 from appliance.controllers.health import HealthController
@@ -66,12 +67,17 @@ def create_app(cfg: FieldboxConfig) -> Litestar:
         svc = await in_thread(Services.open, cfg, metrics, stopping)
         app.state.svc = svc
         sweeper = asyncio.create_task(_sweep_uploads(svc))
+        indexer = asyncio.create_task(
+            ask_index.keep_current(svc.layout, svc.locations, svc.gateway_calls)
+        )
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (indexer, sweeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await svc.gateway_calls.close()
             svc.close()
 
     app = Litestar(
@@ -82,6 +88,7 @@ def create_app(cfg: FieldboxConfig) -> Litestar:
             UploadController,
             AssetController,
             ProjectController,
+            AskController,
             JobController,
             *([admin_router()] if cfg.admin.enabled else []),
         ],

@@ -125,6 +125,31 @@ def check_admin(admin: AdminConfig) -> list[tuple[str, str]]:
     return problems
 
 
+class AskConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The `[ask]` section: grounded answers about a location (`POST /v1/locations/{id}/ask`)."""
+
+    alias: str = "smollm2-135m"
+    """The gateway model or alias that writes answers (the embedded model by default)."""
+
+    embed_alias: str = "embeddings-default"
+    """The gateway model or alias that embeds questions and indexed passages."""
+
+    gateway_url: str = ""
+    """The gateway's base URL; empty means this box's own (the port `fieldbox up` gave it)."""
+
+    passages: Annotated[int, msgspec.Meta(ge=1, le=20)] = 6
+    """Retrieved passages given to the model as its only context."""
+
+    max_question_chars: Annotated[int, msgspec.Meta(ge=10, le=20_000)] = 1000
+    """Longest question accepted (400 past it)."""
+
+    max_tokens: Annotated[int, msgspec.Meta(ge=16, le=4096)] = 200
+    """Most tokens of one answer."""
+
+    timeout_s: PositiveFloat = 120.0
+    """How long one model call may take."""
+
+
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The `[log]` section: structured logs on stdout."""
 
@@ -149,6 +174,9 @@ class FieldboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     """The local admin page served by the api (package `appliance.admin`)."""
+
+    ask: AskConfig = msgspec.field(default_factory=AskConfig)
+    """Grounded answers about a location, from its own records (package `appliance`)."""
 
     inference: InferenceConfig = msgspec.field(default_factory=InferenceConfig)
     """Model backends and aliases (package `inference`)."""

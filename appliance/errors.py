@@ -10,6 +10,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from appliance.committer import DatabaseBusy
+from appliance.gateway_calls import GatewayFailed
 from store.db import is_disk_full, is_locked
 from store.errors import (
     ChecksumMismatch,
@@ -126,6 +127,13 @@ def _sqlite(request: Request[Any, Any, Any], exc: sqlite3.OperationalError) -> R
     return _unexpected(request, exc)
 
 
+def _gateway(_: Request[Any, Any, Any], exc: GatewayFailed) -> Response[Any]:
+    # The model behind `ask` failed or is away: the box's upstream, not the client's input.
+    codes = {502: "bad_gateway", 503: "unavailable", 504: "gateway_timeout"}
+    headers = {"Retry-After": "5"} if exc.status == 503 else {}
+    return error_response(exc.status, codes.get(exc.status, "error"), exc.message, headers)
+
+
 def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     structlog.get_logger("fieldbox.http").exception("unhandled_error", error=repr(exc))
     return error_response(500, "internal", "internal error; see the box's logs for the request id")
@@ -136,5 +144,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: _http_error,
     RecursionError: _too_deep,
     sqlite3.OperationalError: _sqlite,
+    GatewayFailed: _gateway,
     Exception: _unexpected,
 }

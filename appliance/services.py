@@ -13,9 +13,11 @@ from zipfile import is_zipfile
 
 from litestar.di import NamedDependency
 
+from appliance.ask import Asker
 from appliance.capture_jobs import enqueue_capture_jobs
 from appliance.committer import AsyncCommitter
 from appliance.config import FieldboxConfig
+from appliance.gateway_calls import GatewayCalls
 from appliance.observe import Metrics
 from store import ingest, keys
 from store.assets import Asset
@@ -56,9 +58,14 @@ class Services:
     # need not be read again; lost on restart, when the file is hashed instead.
     upload_hashes: dict[str, tuple[int, Any]] = field(default_factory=dict)
     committers: dict[str, AsyncCommitter] = field(default_factory=dict)
+    gateway_calls: GatewayCalls = field(init=False)
+    asker: Asker = field(init=False)
 
     def __post_init__(self) -> None:
         self.verifier = Verifier(self.keys)
+        self.gateway_calls = GatewayCalls(self.cfg, self.layout, self.keys)
+        ask = self.cfg.ask
+        self.asker = Asker(self.gateway_calls, ask.passages, ask.max_tokens, ask.alias)
 
     @classmethod
     def open(

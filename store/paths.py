@@ -205,6 +205,11 @@ class Layout:
         return self.bridge_dir / "telemetry.lock"
 
     @property
+    def ask_gateway_token(self) -> Path:
+        """The api's own gateway key (scope `gateway`), for the answers `ask` writes (0600)."""
+        return self.root / "api" / "gateway.token"
+
+    @property
     def up_status(self) -> Path:
         """`fieldbox up`'s status: its children and their restarts."""
         return self.root / "up" / "status.json"

@@ -224,7 +224,10 @@ def index_asset(
     )
     if facts is None:
         return
-    video = metadata.get("source_filename") or filename
+    source = conn.execute(
+        "SELECT filename FROM assets WHERE id = ?", (str(metadata.get("source_asset_id")),)
+    ).fetchone()
+    video = source[0] if source else filename
     for track in facts.get("tracks") or []:
         row = track_chunk(asset_id, project, str(video), facts, track)
         if row is not None:
@@ -343,12 +346,10 @@ def clear(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO search_pending (source, ref) SELECT 'asset', id FROM assets")
 
 
-def catch_up(
-    db: Database, facts_of: Callable[[str, str, dict[str, Any]], dict[str, Any] | None]
-) -> int:
+def catch_up(db: Database, facts_of: Callable[[str], dict[str, Any] | None]) -> int:
     """Index every pending record, each in its own write; return how many.
 
-    `facts_of(asset_id, kind, metadata)` reads a scene-facts asset's JSON (None otherwise).
+    `facts_of(asset_id)` reads a scene-facts asset's JSON (None when it cannot).
     """
     done = 0
     while batch := pending(db):
@@ -376,7 +377,7 @@ def catch_up(
                         unindex_asset(conn, ref)
                     else:
                         meta = json.loads(row[3] or "{}")
-                        facts = facts_of(ref, row[0], meta) if row[0] == SCENE_FACTS_KIND else None
+                        facts = facts_of(ref) if row[0] == SCENE_FACTS_KIND else None
                         index_asset(
                             conn,
                             ref,
@@ -432,22 +433,31 @@ def search_text(db: Database, question: str, k: int = 20) -> list[tuple[Passage,
 
 def search_vectors(db: Database, query: list[float], k: int = 20) -> list[tuple[Passage, float]]:
     """The `k` chunks whose vectors lie nearest `query` (cosine), nearest first."""
-    conn = db.read()
-    rows = conn.execute(
-        "SELECT id, embedding FROM search_chunks WHERE embedding IS NOT NULL"
-    ).fetchall()
+    return nearest(db, query, k)[0]
+
+
+def nearest(
+    db: Database, query: list[float], k: int = 20
+) -> tuple[list[tuple[Passage, float]], list[float]]:
+    """`search_vectors`, and the cosine of `query` to every embedded chunk (for its spread)."""
+    rows = (
+        db.read()
+        .execute("SELECT id, embedding FROM search_chunks WHERE embedding IS NOT NULL")
+        .fetchall()
+    )
     if not rows:
-        return []
+        return [], []
     q = np.asarray(query, dtype=np.float32)
     q /= float(np.linalg.norm(q)) or 1.0
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
     if matrix.shape[1] != q.shape[0]:
-        return []  # vectors of another model: `fieldbox index rebuild` replaces them
+        return [], []  # vectors of another model: `fieldbox index rebuild` replaces them
     scores = matrix @ q
     best = np.argsort(-scores)[:k]
     by_id = {p.id: p for p in passages(db, [int(ids[i]) for i in best])}
-    return [(by_id[int(ids[i])], float(scores[i])) for i in best if int(ids[i]) in by_id]
+    top = [(by_id[int(ids[i])], float(scores[i])) for i in best if int(ids[i]) in by_id]
+    return top, scores.tolist()
 
 
 def passages(db: Database, ids: list[int]) -> list[Passage]:

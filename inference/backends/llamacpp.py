@@ -56,6 +56,23 @@ SAMPLING_DEFAULTS: dict[str, int | float] = {
 _DONE = object()
 
 
+_LOOSE_CHAR = 'char ::= [^"\\\\]'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F]'
+
+
+def schema_grammar(schema: str) -> str:
+    """The GBNF grammar of a JSON schema, its strings free of raw control characters.
+
+    llama-cpp-python's port of llama.cpp's converter lets a string hold any character but
+    `"` and `\\`, a raw newline included, which no JSON parser accepts (seen: SmolLM2 wrote
+    one into an `ask` answer); llama.cpp's own converter excludes them.
+    """
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    gbnf: str = json_schema_to_gbnf(schema)
+    return gbnf.replace(_LOOSE_CHAR, _JSON_CHAR)
+
+
 class LlamaCppConfig(BaseConfig, tag="llamacpp", kw_only=True):
     """llama-cpp-python in this process. `path` names a GGUF file; or `slot` + `version`."""
 
@@ -174,7 +191,9 @@ class LlamaCppBackend(Backend):
             import llama_cpp.llama_grammar
 
             try:
-                grammar = llama_cpp.llama_grammar.LlamaGrammar.from_json_schema(text, verbose=False)
+                grammar = llama_cpp.llama_grammar.LlamaGrammar.from_string(
+                    schema_grammar(text), verbose=False
+                )
             except (ValueError, RuntimeError, KeyError) as exc:
                 raise BackendError(
                     400, f"schema cannot be turned into a grammar: {exc}", retryable=False

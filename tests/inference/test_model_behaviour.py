@@ -127,3 +127,14 @@ def test_chat_answers_do_not_loop(gateway: Gateway, question: str, seed: int) ->
     assert len(text.split()) >= 20, text
     count, gram = _most_repeated_8gram(text)
     assert count < 3, f"{gram!r} {count} times in: {text}"
+
+
+def test_schema_strings_cannot_hold_raw_control_characters() -> None:
+    """The grammar a JSON schema becomes keeps every string's characters JSON-legal: the
+    `char` rule excludes U+0000-U+001F (a raw newline made an `ask` answer unparseable)."""
+    from inference.backends.llamacpp import schema_grammar
+
+    grammar = schema_grammar('{"type": "object", "properties": {"a": {"type": "string"}}}')
+    chars = [line for line in grammar.splitlines() if line.startswith("char ::=")]
+    assert len(chars) == 1
+    assert chars[0].startswith('char ::= [^"\\\\\\x7F\\x00-\\x1F] | "\\\\" (')

@@ -150,7 +150,7 @@ def test_an_older_location_is_backfilled_through_the_pending_set(tmp_path: Path)
     try:
         assert search_index.counts(db)["pending"] == 1
         assert search_index.search_text(db, "radon") == []
-        assert search_index.catch_up(db, lambda *_: None) == 1
+        assert search_index.catch_up(db, lambda _: None) == 1
         assert _refs(search_index.search_text(db, "radon")) == ["notes/k"]
         assert search_index.counts(db)["pending"] == 0
     finally:
