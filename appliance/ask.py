@@ -191,7 +191,14 @@ def chat_body(
 
 
 def checked(raw: str, passages: list[Passage], question: str) -> tuple[str, list[Citation]]:
-    """The answer and its citations; CitationError if it names a passage not given."""
+    """The answer and the citations that bear it out; CitationError if the reply names a
+    passage it was not given.
+
+    A cited passage is kept only when it holds some of what the answer says beyond the
+    question's own words (a number, a name, a place): a model that writes a phone number
+    no passage holds has guessed, and a guess is not returned. What is left uncited is
+    answered "not in records".
+    """
     try:
         reply = msgspec.json.decode(raw, type=_Reply)
     except msgspec.ValidationError as exc:
@@ -201,9 +208,25 @@ def checked(raw: str, passages: list[Passage], question: str) -> tuple[str, list
     wrong = [i for i in reply.sources if not 1 <= i <= len(passages)]
     if wrong:
         raise CitationError(f"the model cited passages it was not given: {wrong}")
-    seen: dict[int, None] = dict.fromkeys(reply.sources)
-    words = set(_WORD.findall((question + " " + reply.answer).lower()))
-    return reply.answer.strip(), [_citation(passages[i - 1], words) for i in seen]
+    answer = reply.answer.strip().strip("{}[]").strip()
+    said = _tokens(answer) - _NOT_SAID
+    claims = said - _tokens(question) or said
+    cited = [passages[i - 1] for i in dict.fromkeys(reply.sources)]
+    kept = [p for p in cited if claims & _tokens(f"{p.heading} {p.body}")]
+    words = set(_WORD.findall((question + " " + answer).lower()))
+    return answer, [_citation(p, words) for p in kept]
+
+
+_NOT_SAID = frozenset({"not", "record", "in", "found"})
+
+
+def _tokens(text: str) -> set[str]:
+    """Content words, lowercased, a plural's s dropped: what an answer claims."""
+    return {
+        w.rstrip("s") or w
+        for w in _WORD.findall(text.lower())
+        if w not in search_index.STOP_WORDS and (len(w) > 2 or w.isdigit())
+    }
 
 
 def _citation(p: Passage, words: set[str]) -> Citation:

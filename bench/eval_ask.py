@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--limit", type=int, help="only the first N questions")
     ap.add_argument("--rows", action="store_true", help="print every question's outcome")
+    ap.add_argument("--dump", type=Path, help="write every question's answer here (JSON)")
     args = ap.parse_args(argv)
     run = Path(tempfile.mkdtemp(prefix="eval-ask-"))
     data = run / "data"
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         for p in reversed(procs):
             p.stop()
         shutil.rmtree(run, ignore_errors=True)
+    if args.dump:
+        args.dump.write_text(json.dumps(res["rows"], indent=1))
     if args.rows:
         for r in res["rows"]:
             mark = (

@@ -393,7 +393,7 @@ def catch_up(db: Database, facts_of: Callable[[str], dict[str, Any] | None]) -> 
 
 # --- retrieval ----------------------------------------------------------------------------
 
-_STOP = frozenset(
+STOP_WORDS = frozenset(
     """a an and are as at be by can did do does for from had has have how i in is it its of on
     or that the their there this to was we were what when where which who why will with you
     our us me my any about last time tell please show find did get got been so if then than
@@ -405,7 +405,7 @@ def terms(question: str) -> list[str]:
     """The words of a question worth matching (no stop words), lowercased, each once."""
     seen: dict[str, None] = {}
     for w in _WORD.findall(question.lower()):
-        if w not in _STOP and (len(w) > 1 or w.isdigit()):
+        if w not in STOP_WORDS and (len(w) > 1 or w.isdigit()):
             seen[w] = None
     return list(seen)
 
