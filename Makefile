@@ -85,6 +85,12 @@ test: install
 bench: install
 	$(BIN)/python bench/bench_api.py
 
+# `ask` against the golden questions of tests/eval/ask_fixture.json on the embedded models:
+# recall@5, citation precision, not-in-records rate, latency (docs/ask.md). About 4 minutes.
+.PHONY: eval
+eval: install
+	$(BIN)/python bench/eval_ask.py
+
 bench-quick: install
 	$(BIN)/python bench/bench_api.py --quick
 

@@ -11,7 +11,7 @@ import os
 
 import click
 
-from appliance.cli import box, fleet, jobs, restore, serve, status, sync, tunnel
+from appliance.cli import ask, box, fleet, jobs, restore, serve, status, sync, tunnel
 from appliance.cli.context import Context
 from appliance.config import find_config_path
 
@@ -37,6 +37,8 @@ for command in (
     box.models,
     box.uploads,
     jobs.jobs,
+    ask.ask,
+    ask.index,
     sync.sync,
     restore.restore,
     fleet.drain,
