@@ -212,7 +212,9 @@ def index_asset(
     asset (`facts` given) also one chunk per track: its label, frames and times."""
     _remove(conn, "asset_id = ?", (asset_id,))
     conn.execute("DELETE FROM search_pending WHERE source = 'asset' AND ref = ?", (asset_id,))
-    lines = [f"file: {filename}", f"kind: {kind}", *flatten(metadata)]
+    # Ids say nothing a question asks about, and their digits match numbers by chance.
+    told = {k: v for k, v in metadata.items() if not (k == "id" or k.endswith("_id"))}
+    lines = [f"file: {filename}", f"kind: {kind}", *flatten(told)]
     heading = " > ".join(p for p in (project, "assets", filename) if p)
     base = {"asset_id": asset_id, "project": project}
     _insert(
