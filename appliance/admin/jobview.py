@@ -69,8 +69,9 @@ def _stored_frame(svc: Services, job: Job, index: int) -> Image | None:
     return None if image is None else np.asarray(image, np.uint8)
 
 
-def frame_jpeg(svc: Services, job: Job, index: int) -> bytes:
-    """Frame `index` of a perception job with its tracks drawn on it (JPEG bytes).
+def frame_jpeg(svc: Services, job: Job, index: int, track: int | None = None) -> bytes:
+    """Frame `index` of a perception job with its tracks drawn on it (JPEG bytes); `track`,
+    when that track is in the frame, has its box outlined again, thick and white.
 
     NotFound when the job kept no such frame."""
     image = _stored_frame(svc, job, index) if index >= 0 else None
@@ -80,19 +81,61 @@ def frame_jpeg(svc: Services, job: Job, index: int) -> bytes:
         facts = _facts(svc, job)
     except (NotFound, InvalidName, OSError, ValueError):
         facts = None
-    return overlay.jpeg(overlay.draw(image, facts, index) if facts else image)
+    if not facts:
+        return overlay.jpeg(image)
+    drawn = overlay.draw(image, facts, index)
+    if track is not None:
+        drawn = _highlight(drawn, facts, index, track)
+    return overlay.jpeg(drawn)
 
 
-def scene_frames(svc: Services, job: Job) -> dict[str, Any] | None:
+def _highlight(image: Image, facts: dict[str, Any], index: int, track: int) -> Image:
+    """`image` with a thick white frame around `track`'s box in frame `index` (a cited one)."""
+    video = facts.get("video", {})
+    h, w = image.shape[:2]
+    sx, sy = w / int(video.get("width", w)), h / int(video.get("height", h))
+    thick = max(2, round(max(h, w) / 160))
+    out = image.copy()
+    for track_id, ob in overlay.observations(facts).get(index, []):
+        if track_id != track:
+            continue
+        x, y, bw, bh = ob["bbox"]
+        p0 = (round(x * sx) - thick, round(y * sy) - thick)
+        p1 = (round((x + bw) * sx) + thick - 1, round((y + bh) * sy) + thick - 1)
+        cv2.rectangle(out, p0, p1, (255, 255, 255), thick)
+    return out
+
+
+def _chosen(frames: list[dict[str, Any]], track: int | None, frame: int | None) -> int | None:
+    """The shown frame a link asked for: `frame` if shown with `track` in it, else the shown
+    frame holding `track` nearest to `frame` (its first one when no frame was named)."""
+    if track is None:
+        return frame if frame is not None and any(f["index"] == frame for f in frames) else None
+    holding: list[int] = [int(f["index"]) for f in frames if track in f["tracks"]]
+    if not holding:
+        return None
+    return min(holding, key=lambda i: abs(i - frame)) if frame is not None else holding[0]
+
+
+def scene_frames(
+    svc: Services, job: Job, track: int | None = None, frame: int | None = None
+) -> dict[str, Any] | None:
     """The job's scene facts, frame by frame: which tracks each shown frame holds.
 
     None when the job has no scene facts; `frames` lists at most 60 frames that have a
     track (spread over the video), each with `image` true when the job kept that frame.
+    `selected` is the shown frame a link asked for (`track` in it, nearest `frame`), if any.
     """
     try:
         doc = _facts(svc, job)
     except (NotFound, InvalidName, OSError, ValueError):
-        return {"error": "the scene facts asset cannot be read", "frames": [], "tracks": 0}
+        return {
+            "error": "the scene facts asset cannot be read",
+            "frames": [],
+            "tracks": 0,
+            "track": track,
+            "selected": None,
+        }
     if doc is None:
         return None
     by_frame = overlay.observations(doc)
@@ -116,4 +159,6 @@ def scene_frames(svc: Services, job: Job) -> dict[str, Any] | None:
         "model": (doc.get("model") or {}).get("name", ""),
         "frames": frames,
         "asset_id": (job.result or {}).get("scene_facts_asset_id"),
+        "track": track,
+        "selected": _chosen(frames, track, frame),
     }

@@ -17,13 +17,15 @@ from store.errors import StoreError
 _STATUSES = ("queued", "running", "failed", "dead", "succeeded", "cancelled")
 
 
-def _job_page(svc: Services, job_id: str) -> dict[str, Any]:
+def _job_page(
+    svc: Services, job_id: str, track: int | None = None, frame: int | None = None
+) -> dict[str, Any]:
     job = svc.queue.get(job_id)
     return {
         "job": job,
         "events": svc.queue.events(job_id),
         "results": results(job),
-        "facts": scene_frames(svc, job),
+        "facts": scene_frames(svc, job, track, frame),
     }
 
 
@@ -45,10 +47,18 @@ class JobsController(Controller):
 
     @get("/{job_id:str}")
     async def job(
-        self, request: Request[Any, Any, Any], job_id: FromPath[str], svc: Svc
+        self,
+        request: Request[Any, Any, Any],
+        job_id: FromPath[str],
+        svc: Svc,
+        track: FromQuery[int | None] = None,
+        frame: FromQuery[int | None] = None,
     ) -> Template:
-        """One job: live progress, its event log, links to results, splat viewer, frames."""
-        facts = await in_thread(_job_page, svc, job_id)
+        """One job: live progress, its event log, links to results, splat viewer, frames.
+
+        `?track=N&frame=F` (an ask citation's link) picks the shown frame of track N nearest
+        F, outlines it, scrolls to it and draws that track's box highlighted on it."""
+        facts = await in_thread(_job_page, svc, job_id, track, frame)
         return page(request, "job.html", "jobs", **facts)
 
     @get("/{job_id:str}/events")
@@ -62,10 +72,17 @@ class JobsController(Controller):
         )
 
     @get("/{job_id:str}/frames/{index:int}", sync_to_thread=True)
-    def frame(self, job_id: FromPath[str], index: FromPath[int], svc: Svc) -> Response[bytes]:
-        """One frame the perception job kept, with its tracks' masks, boxes and ids (JPEG)."""
+    def frame(
+        self,
+        job_id: FromPath[str],
+        index: FromPath[int],
+        svc: Svc,
+        track: FromQuery[int | None] = None,
+    ) -> Response[bytes]:
+        """One frame the perception job kept, with its tracks' masks, boxes and ids (JPEG);
+        `?track=N` outlines track N's box again, thick and white."""
         return Response(
-            frame_jpeg(svc, svc.queue.get(job_id), index),
+            frame_jpeg(svc, svc.queue.get(job_id), index, track),
             media_type="image/jpeg",
             headers={"Cache-Control": "private, max-age=3600"},
         )

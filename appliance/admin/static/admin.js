@@ -110,6 +110,13 @@
     });
   }
 
+  // A job page opened from an ask citation (?track=N&frame=F): bring the chosen frame,
+  // outlined and with the track's box highlighted, into view.
+  function showChosenFrame() {
+    var chosen = document.querySelector('.frame.selected');
+    if (chosen && !window.location.hash) { chosen.scrollIntoView({ block: 'center' }); }
+  }
+
   function confirms() {
     document.addEventListener('submit', function (ev) {
       var msg = ev.target.dataset && ev.target.dataset.confirm;
@@ -120,6 +127,7 @@
   document.addEventListener('DOMContentLoaded', function () {
     drawCharts(document);
     placeBoxes(document);
+    showChosenFrame();
     startRefresh();
     followJob();
     confirms();
