@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,6 +83,16 @@ def test_a_perception_job_runs_to_scene_facts(
     facts = client.get(f"/v1/assets/{facts_id}/content").json()
     assert facts["tracks"], facts
     assert not (Layout(server.data_dir).jobs_dir / job["id"]).exists()
+    # The worker's publish indexed every track for `ask` in the asset's own write.
+    db = next(server.data_dir.glob("locations/*/*/site1/location.db"))
+    with sqlite3.connect(db) as conn:
+        tracks = conn.execute(
+            "SELECT track_id, t, frame FROM search_chunks WHERE source = 'track' AND asset_id = ?",
+            (facts_id,),
+        ).fetchall()
+    assert sorted(t for t, _, _ in tracks) == sorted(t["id"] for t in facts["tracks"])
+    firsts = {t["id"]: t["frames"][0] for t in facts["tracks"]}
+    assert all(frame == firsts[tid]["frame"] for tid, _, frame in tracks)
 
 
 def test_kill_9_mid_job_resumes_at_the_last_finished_stage(
