@@ -190,14 +190,18 @@ def chat_body(
     }
 
 
-def checked(raw: str, passages: list[Passage], question: str) -> tuple[str, list[Citation]]:
+def checked(
+    raw: str, passages: list[Passage], question: str, about: set[int]
+) -> tuple[str, list[Citation]]:
     """The answer and the citations that bear it out; CitationError if the reply names a
     passage it was not given.
 
-    A cited passage is kept only when it holds some of what the answer says beyond the
-    question's own words (a number, a name, a place): a model that writes a phone number
-    no passage holds has guessed, and a guess is not returned. What is left uncited is
-    answered "not in records".
+    A cited passage is kept only when it is about the question (it holds a word of it, as
+    the text index stems words: `about` holds those passages' ids) and holds some of what
+    the answer says beyond the question's own words (a number, a name, a place). A model
+    that writes a phone number no passage holds has guessed, and one that cites the sump
+    pump's year for a question about a septic tank has too: a guess is not returned. What
+    is left uncited is answered "not in records".
     """
     try:
         reply = msgspec.json.decode(raw, type=_Reply)
@@ -212,7 +216,7 @@ def checked(raw: str, passages: list[Passage], question: str) -> tuple[str, list
     said = _tokens(answer) - _NOT_SAID
     claims = said - _tokens(question) or said
     cited = [passages[i - 1] for i in dict.fromkeys(reply.sources)]
-    kept = [p for p in cited if claims & _tokens(f"{p.heading} {p.body}")]
+    kept = [p for p in cited if p.id in about and claims & _tokens(f"{p.heading} {p.body}")]
     words = set(_WORD.findall((question + " " + answer).lower()))
     return answer, [_citation(p, words) for p in kept]
 
@@ -266,18 +270,22 @@ class Asker:
 
     async def gather(
         self, db: Database, req: AskRequest
-    ) -> tuple[list[tuple[Passage, float]], bool]:
-        """Embed what is pending, then retrieve for the question."""
+    ) -> tuple[list[tuple[Passage, float]], bool, set[int]]:
+        """Embed what is pending, then retrieve for the question: the passages, whether any
+        is relevant, and the ids of those that hold a word of the question."""
         await embed_pending(db, self.calls)
         query = (await self.calls.embed([req.question]))[0]
-        return await asyncio.to_thread(
+        fused, relevant = await asyncio.to_thread(
             retrieve, db, req.question, query, req.project, self.passages
         )
+        ids = [p.id for p, _ in fused]
+        about = await asyncio.to_thread(search_index.matching, db, req.question, ids)
+        return fused, relevant, about
 
     async def ask(self, db: Database, req: AskRequest) -> Answer:
         """The whole answer (non-streamed)."""
         started = time.perf_counter()
-        fused, relevant = await self.gather(db, req)
+        fused, relevant, about = await self.gather(db, req)
         alias = req.alias or self.alias
         if not fused or not relevant:
             return _nothing(fused, alias, started)
@@ -287,7 +295,7 @@ class Asker:
         for _ in range(2):  # a reply citing what it was not given is refused, then retried once
             raw, model = await self.calls.chat(body)
             try:
-                answer, citations = checked(raw, passages, req.question)
+                answer, citations = checked(raw, passages, req.question, about)
             except CitationError as exc:
                 last = exc
                 continue
@@ -305,7 +313,7 @@ class Asker:
             return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, kind.encode(), _encode(data))
 
         try:
-            fused, relevant = await self.gather(db, req)
+            fused, relevant, about = await self.gather(db, req)
             yield event("retrieved", {"retrieved": _retrieved(fused)})
             alias = req.alias or self.alias
             if not fused or not relevant:
@@ -318,11 +326,11 @@ class Asker:
                 parts.append(text)
                 yield event("delta", {"text": text})
             try:
-                answer, citations = checked("".join(parts), passages, req.question)
+                answer, citations = checked("".join(parts), passages, req.question, about)
                 model = alias
             except CitationError:
                 raw, model = await self.calls.chat(body)  # refused once: retried whole
-                answer, citations = checked(raw, passages, req.question)
+                answer, citations = checked(raw, passages, req.question, about)
             yield event("answer", _answer(answer, citations, fused, model, started))
         except (GatewayFailed, CitationError) as exc:
             status = exc.status if isinstance(exc, GatewayFailed) else 502

@@ -412,13 +412,16 @@ def terms(question: str) -> list[str]:
     return list(seen)
 
 
+def _match(question: str) -> str:
+    # Every term quoted: FTS5 syntax in a question (AND, NEAR, *, :) is only text here.
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in terms(question))
+
+
 def search_text(db: Database, question: str, k: int = 20) -> list[tuple[Passage, float]]:
     """Chunks matching any of the question's terms, best bm25 first (score: higher better)."""
-    words = terms(question)
-    if not words:
+    match = _match(question)
+    if not match:
         return []
-    # Every term quoted: FTS5 syntax in a question (AND, NEAR, *, :) is only text here.
-    match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
     cols = ", ".join(f"c.{c.strip()}" for c in _COLUMNS.split(","))
     rows = (
         db.read()
@@ -431,6 +434,19 @@ def search_text(db: Database, question: str, k: int = 20) -> list[tuple[Passage,
         .fetchall()
     )
     return [(_passage(r[:-1]), -float(r[-1])) for r in rows]
+
+
+def matching(db: Database, question: str, ids: list[int]) -> set[int]:
+    """Those of the chunks `ids` that hold a word of the question (stemmed as the index is)."""
+    match = _match(question)
+    if not match or not ids:
+        return set()
+    marks = ", ".join("?" * len(ids))
+    rows = db.read().execute(
+        f"SELECT rowid FROM search_fts WHERE search_fts MATCH ? AND rowid IN ({marks})",
+        (match, *ids),
+    )
+    return {int(r[0]) for r in rows.fetchall()}
 
 
 def search_vectors(db: Database, query: list[float], k: int = 20) -> list[tuple[Passage, float]]:
