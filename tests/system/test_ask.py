@@ -279,3 +279,63 @@ def test_the_index_holds_every_acknowledged_write_after_kill_9(box: Box) -> None
     last = acked[-1]
     answer = box.ask(f"what did gauge {last.split('-')[1]}th read in the crash probe?")
     assert f"probes/{last}" in _ids(answer["retrieved"])
+
+
+def _fieldbox(box: Box, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FIELDBOX_DATA": str(box.data_dir)}
+    env.pop("FIELDBOX_CONFIG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_fieldbox_ask_answers_from_the_shell(box: Box) -> None:
+    """`fieldbox ask --json` finds the box's gateway through `up`'s status and answers as
+    the api does; an unknown location is a one-line error and exit 1."""
+    out = _fieldbox(box, "ask", f"--location={LOC}", "--json", "What is the Wi-Fi password?")
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert (answer["found"], answer["answer"], answer["citations"]) == (False, NOT_IN_RECORDS, [])
+    out = _fieldbox(
+        box, "ask", f"--location={LOC}", "--json", "What size filter does the furnace take?"
+    )
+    assert out.returncode == 0, out.stderr
+    assert _ids(json.loads(out.stdout)["retrieved"])[0] == "equipment/furnace"
+    out = _fieldbox(box, "ask", "--location=nowhere", "where is the furnace")
+    assert out.returncode == 1 and "nowhere" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_index_rebuild_indexes_every_record_again(box: Box) -> None:
+    """`fieldbox index rebuild` empties the index and rebuilds it from the records, tracks
+    included; the running api then gives every chunk its vector again."""
+    with box.db() as conn:
+        before = conn.execute(
+            "SELECT source, ref, part, body FROM search_chunks ORDER BY 1, 2, 3"
+        ).fetchall()
+        conn.execute("DELETE FROM search_chunks WHERE source = 'track'")  # an index gone wrong
+    out = _fieldbox(box, "index", "rebuild", f"--location={LOC}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{LOC}\t{len(before)} chunks\t")
+    with box.db() as conn:
+        after = conn.execute(
+            "SELECT source, ref, part, body FROM search_chunks ORDER BY 1, 2, 3"
+        ).fetchall()
+        fts = conn.execute("SELECT count(*) FROM search_fts").fetchone()[0]
+    assert after == before
+    assert fts == len(before)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with box.db() as conn:
+            left = conn.execute(
+                "SELECT count(*) FROM search_chunks WHERE embedding IS NULL"
+            ).fetchone()[0]
+        if left == 0:
+            break
+        time.sleep(0.5)
+    assert left == 0
