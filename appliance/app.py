@@ -68,7 +68,7 @@ def create_app(cfg: FieldboxConfig) -> Litestar:
         app.state.svc = svc
         sweeper = asyncio.create_task(_sweep_uploads(svc))
         indexer = asyncio.create_task(
-            ask_index.keep_current(svc.layout, svc.locations, svc.gateway_calls)
+            ask_index.keep_current(svc.layout, svc.locations, svc.gateway_calls, svc.index_wake)
         )
         try:
             yield

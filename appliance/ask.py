@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -262,8 +262,16 @@ def _retrieved(fused: list[tuple[Passage, float]]) -> list[Retrieved]:
 class Asker:
     """`ask` over one location database, with the gateway calls it needs."""
 
-    def __init__(self, calls: GatewayCalls, passages: int, max_tokens: int, alias: str) -> None:
+    def __init__(
+        self,
+        calls: GatewayCalls,
+        facts_of: Callable[[str], dict[str, Any] | None],
+        passages: int,
+        max_tokens: int,
+        alias: str,
+    ) -> None:
         self.calls = calls
+        self.facts_of = facts_of
         self.passages = passages
         self.max_tokens = max_tokens
         self.alias = alias
@@ -271,8 +279,9 @@ class Asker:
     async def gather(
         self, db: Database, req: AskRequest
     ) -> tuple[list[tuple[Passage, float]], bool, set[int]]:
-        """Embed what is pending, then retrieve for the question: the passages, whether any
-        is relevant, and the ids of those that hold a word of the question."""
+        """Index and embed what is queued, then retrieve for the question: the passages,
+        whether any is relevant, and the ids of those that hold a word of the question."""
+        await asyncio.to_thread(search_index.catch_up, db, self.facts_of)
         await embed_pending(db, self.calls)
         query = (await self.calls.embed([req.question]))[0]
         fused, relevant = await asyncio.to_thread(

@@ -10,6 +10,7 @@ at any point leaves them to the next pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import structlog
@@ -23,6 +24,10 @@ from store.paths import Layout
 
 PASS_INTERVAL_S = 3.0
 """How often the api looks for records and chunks other processes (the worker) added."""
+
+SETTLE_S = 0.5
+"""After a write wakes the indexer, how long it lets more writes gather: a burst of writes
+(one key updated a hundred times) is indexed once, and the writes keep the writer lock."""
 
 
 def facts_reader(layout: Layout, locs: Locations) -> Any:
@@ -62,11 +67,15 @@ async def one_pass(layout: Layout, locs: Locations, calls: GatewayCalls) -> int:
     return embedded
 
 
-async def keep_current(layout: Layout, locs: Locations, calls: GatewayCalls) -> None:
-    """Run `one_pass` every few seconds until cancelled; a gateway away is logged once."""
+async def keep_current(
+    layout: Layout, locs: Locations, calls: GatewayCalls, wake: asyncio.Event
+) -> None:
+    """Run `one_pass` when `wake` is set (a document write) or every few seconds, until
+    cancelled; a gateway away is logged once."""
     log = structlog.get_logger("fieldbox.ask")
     failing = ""
     while True:
+        wake.clear()
         try:
             if await one_pass(layout, locs, calls):
                 continue  # more may be waiting: no pause while there is work
@@ -77,4 +86,6 @@ async def keep_current(layout: Layout, locs: Locations, calls: GatewayCalls) -> 
             failing = exc.message
         except Exception as exc:  # the indexer must outlive a bad pass
             log.warning("ask_index_pass_failed", error=repr(exc))
-        await asyncio.sleep(PASS_INTERVAL_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), PASS_INTERVAL_S)
+            await asyncio.sleep(SETTLE_S)

@@ -13,6 +13,7 @@ from zipfile import is_zipfile
 
 from litestar.di import NamedDependency
 
+from appliance import ask_index
 from appliance.ask import Asker
 from appliance.capture_jobs import enqueue_capture_jobs
 from appliance.committer import AsyncCommitter
@@ -58,6 +59,8 @@ class Services:
     # need not be read again; lost on restart, when the file is hashed instead.
     upload_hashes: dict[str, tuple[int, Any]] = field(default_factory=dict)
     committers: dict[str, AsyncCommitter] = field(default_factory=dict)
+    # Set after a document write: the ask indexer indexes it now rather than on its next pass.
+    index_wake: asyncio.Event = field(default_factory=asyncio.Event)
     gateway_calls: GatewayCalls = field(init=False)
     asker: Asker = field(init=False)
 
@@ -65,7 +68,8 @@ class Services:
         self.verifier = Verifier(self.keys)
         self.gateway_calls = GatewayCalls(self.cfg, self.layout, self.keys)
         ask = self.cfg.ask
-        self.asker = Asker(self.gateway_calls, ask.passages, ask.max_tokens, ask.alias)
+        facts_of = ask_index.facts_reader(self.layout, self.locations)
+        self.asker = Asker(self.gateway_calls, facts_of, ask.passages, ask.max_tokens, ask.alias)
 
     @classmethod
     def open(

@@ -86,28 +86,38 @@ def _key(data: Path, config: Path) -> str:
     return out.stdout.split()[-1]
 
 
-def index_cost(data: Path) -> list[float]:
-    """ms that indexing adds to each fixture document's write (inside its transaction)."""
-    from store import search_index
+def index_cost(data: Path) -> tuple[list[float], list[float]]:
+    """Per fixture document rewritten: ms its write spends queueing it for the index (inside
+    the compare-and-swap transaction), and ms until it is indexed (`catch_up` of that one
+    document, its own transaction, as the api runs it right after the write)."""
+    from store import documents, search_index
     from store.config import StoreConfig
     from store.locations import Locations
     from store.paths import Layout
 
+    queued: list[float] = []
+    indexed: list[float] = []
+    queue = search_index.queue_document
+
+    def timed_queue(*args: Any) -> None:
+        t0 = time.perf_counter()
+        queue(*args)
+        queued.append((time.perf_counter() - t0) * 1000)
+
     locs = Locations(Layout(data), StoreConfig())
+    # Timed where the write calls it: the bench's own wrapper, nothing else changes.
+    search_index.queue_document = timed_queue  # type: ignore[assignment]
     try:
         db = locs.db(fixture()["location"]["id"])
-        times = []
         for d in fixture()["documents"]:
-            body = json.dumps(d["body"]).encode()
-            with db.write() as conn:
-                t0 = time.perf_counter()
-                search_index.index_document(
-                    conn, d["collection"], d["key"], body, d["body"].get("project")
-                )
-                times.append((time.perf_counter() - t0) * 1000)
-                conn.execute("SELECT 1")
-        return times
+            body = json.dumps({**d["body"], "rev": 2}).encode()
+            documents.put(db, d["collection"], d["key"], body, if_match="*")
+            t0 = time.perf_counter()
+            search_index.catch_up(db, lambda _: None)
+            indexed.append((time.perf_counter() - t0) * 1000)
+        return queued, indexed
     finally:
+        search_index.queue_document = queue
         locs.close()
 
 
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print("\n".join(machine_facts(run)))
         names = load(data)
-        index_ms = index_cost(data)
+        queue_ms, index_ms = index_cost(data)
         config = run / "fieldbox.toml"
         gateway, api = _start(run, data, config)
         procs = [gateway, api]
@@ -244,6 +254,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{p50:.2f} ms (p95 {_pct(index_ms, 0.95):.2f})",
             "≤ 5 ms",
             "PASS" if p50 <= 5 else "MISS",
+        )
+    )
+    q50 = statistics.median(queue_ms)
+    print(
+        line.format(
+            "  of which inside the write (queueing it)",
+            f"{q50 * 1000:.0f} µs (p95 {_pct(queue_ms, 0.95) * 1000:.0f})",
+            "(reported)",
+            "",
         )
     )
     return 0

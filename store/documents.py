@@ -169,7 +169,7 @@ def put_op(
             if row is None:
                 raise _refusal(conn, collection, key, if_match or "", deleting=False)
             created_at = row[0]
-        search_index.index_document(conn, collection, key, body, project)
+        search_index.queue_document(conn, collection, key)
         doc = Document(
             collection=collection,
             key=key,
@@ -203,7 +203,7 @@ def delete_op(collection: str, key: str, *, if_match: str) -> Operation[None]:
         )
         if cur.rowcount != 1:
             raise _refusal(conn, collection, key, if_match, deleting=True)
-        search_index.unindex_document(conn, collection, key)
+        search_index.queue_document(conn, collection, key)
 
     return conditional_delete
 

@@ -4,10 +4,13 @@ Every chunk names the record it came from (a document, an asset, a track of a sc
 asset) and carries a heading that says where it sits (`project > collection > key`, the
 project markdown's sections), so a chunk read alone still says what it is about.
 
-Chunks are written in the same transaction as the record they index (documents and assets
-call in here from their own writes), so a crash never leaves a record without its chunks.
-Their vectors come later: a chunk's `embedding` is NULL until the api embeds it (the
-outbox-style pending set is `WHERE embedding IS NULL`). Vectors are float32, L2-normalised,
+A document's write queues it in `search_pending` in the same transaction (one small row:
+chunking and FTS5 in the write itself cost ten times the compare-and-swap, under the one
+writer lock), and the api indexes what is queued right after, in batches, and before any
+ask of that location; an asset is indexed in the write that creates it (rarer, and a
+scene-facts asset's tracks come with it). Either way a crash never loses an index entry.
+Vectors come later still: a chunk's `embedding` is NULL until the api embeds it (the
+pending set is `WHERE embedding IS NULL`). Vectors are float32, L2-normalised,
 compared by brute-force dot product in numpy: a location holds thousands of chunks, not
 millions, and this interpreter's sqlite3 cannot load extensions such as sqlite-vec
 (docs/ask.md).
@@ -190,6 +193,14 @@ def index_document(
     )
 
 
+def queue_document(conn: sqlite3.Connection, collection: str, key: str) -> None:
+    """Queue a document to (re)index, inside its own write; `catch_up` indexes it."""
+    conn.execute(
+        "INSERT OR IGNORE INTO search_pending (source, ref) VALUES ('doc', ?)",
+        (f"{collection}/{key}",),
+    )
+
+
 def unindex_document(conn: sqlite3.Connection, collection: str, key: str) -> None:
     """Drop a document's chunks (it was deleted, or is about to be reindexed)."""
     _remove(conn, "source = 'doc' AND ref = ?", (f"{collection}/{key}",))
@@ -348,49 +359,59 @@ def clear(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO search_pending (source, ref) SELECT 'asset', id FROM assets")
 
 
-def catch_up(db: Database, facts_of: Callable[[str], dict[str, Any] | None]) -> int:
-    """Index every pending record, each in its own write; return how many.
+def catch_up(
+    db: Database, facts_of: Callable[[str], dict[str, Any] | None], batch: int = 32
+) -> int:
+    """Index every queued record, `batch` to a write; return how many.
 
-    `facts_of(asset_id)` reads a scene-facts asset's JSON (None when it cannot).
+    `facts_of(asset_id)` reads a scene-facts asset's JSON (None when it cannot). Each
+    record is read inside the write that indexes it, so a write racing this one is either
+    seen or queued again. The index is derived: its writes skip the fsync (a power loss
+    leaves the records queued).
     """
     done = 0
-    while batch := pending(db):
-        for source, ref in batch:
-            with db.write() as conn:
+    while rows := pending(db, batch):
+        with db.write(durable=False) as conn:
+            for source, ref in rows:
                 if source == "doc":
-                    collection, _, key = ref.partition("/")
-                    row = conn.execute(
-                        "SELECT body, project FROM documents WHERE collection = ? AND key = ?",
-                        (collection, key),
-                    ).fetchone()
-                    if row is None:
-                        unindex_document(conn, collection, key)
-                    else:
-                        index_document(conn, collection, key, bytes(row[0]), row[1])
+                    _index_queued_document(conn, ref)
                 else:
-                    row = conn.execute(
-                        "SELECT kind, filename, project, metadata FROM assets WHERE id = ?",
-                        (ref,),
-                    ).fetchone()
-                    conn.execute(
-                        "DELETE FROM search_pending WHERE source = 'asset' AND ref = ?", (ref,)
-                    )
-                    if row is None:
-                        unindex_asset(conn, ref)
-                    else:
-                        meta = json.loads(row[3] or "{}")
-                        facts = facts_of(ref) if row[0] == SCENE_FACTS_KIND else None
-                        index_asset(
-                            conn,
-                            ref,
-                            kind=row[0],
-                            filename=row[1],
-                            project=row[2],
-                            metadata=meta,
-                            facts=facts,
-                        )
-            done += 1
+                    _index_queued_asset(conn, ref, facts_of)
+        done += len(rows)
     return done
+
+
+def _index_queued_document(conn: sqlite3.Connection, ref: str) -> None:
+    collection, _, key = ref.partition("/")
+    row = conn.execute(
+        "SELECT body, project FROM documents WHERE collection = ? AND key = ?", (collection, key)
+    ).fetchone()
+    if row is None:
+        unindex_document(conn, collection, key)
+    else:
+        index_document(conn, collection, key, bytes(row[0]), row[1])
+
+
+def _index_queued_asset(
+    conn: sqlite3.Connection, ref: str, facts_of: Callable[[str], dict[str, Any] | None]
+) -> None:
+    row = conn.execute(
+        "SELECT kind, filename, project, metadata FROM assets WHERE id = ?", (ref,)
+    ).fetchone()
+    conn.execute("DELETE FROM search_pending WHERE source = 'asset' AND ref = ?", (ref,))
+    if row is None:
+        unindex_asset(conn, ref)
+        return
+    meta = json.loads(row[3] or "{}")
+    index_asset(
+        conn,
+        ref,
+        kind=row[0],
+        filename=row[1],
+        project=row[2],
+        metadata=meta,
+        facts=facts_of(ref) if row[0] == SCENE_FACTS_KIND else None,
+    )
 
 
 # --- retrieval ----------------------------------------------------------------------------

@@ -45,6 +45,7 @@ def ask(
 ) -> None:
     """Answer QUESTION from the location's own records, with the records it rests on."""
     from appliance.ask import Asker, AskRequest
+    from appliance.ask_index import facts_reader
     from appliance.gateway_calls import GatewayCalls, GatewayFailed
     from store.errors import StoreError
 
@@ -58,7 +59,8 @@ def ask(
     async def run() -> Any:
         calls = GatewayCalls(cfg, layout, key_db)
         try:
-            asker = Asker(calls, cfg.ask.passages, cfg.ask.max_tokens, cfg.ask.alias)
+            facts_of = facts_reader(layout, locs)
+            asker = Asker(calls, facts_of, cfg.ask.passages, cfg.ask.max_tokens, cfg.ask.alias)
             req = AskRequest(question=question, project=project, alias=alias)
             return await asker.ask(locs.db(location_id), req)
         finally:

@@ -90,6 +90,7 @@ class DocumentController(Controller):
         except PreconditionFailed:
             svc.metrics.cas_conflicts.inc()
             raise
+        svc.index_wake.set()  # the write queued the document for the ask index
         return Response(
             msgspec.json.encode({"collection": collection, "key": key, "etag": doc.etag}),
             status_code=201 if created else 200,
@@ -116,6 +117,7 @@ class DocumentController(Controller):
         except PreconditionFailed:
             svc.metrics.cas_conflicts.inc()
             raise
+        svc.index_wake.set()
 
     @get("/{collection:str}", sync_to_thread=True)
     def list_page(

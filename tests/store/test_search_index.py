@@ -32,8 +32,14 @@ def _refs(results: list[tuple[search_index.Passage, float]]) -> list[str]:
     return [p.ref for p, _ in results]
 
 
-def test_a_written_document_is_found_by_its_words_and_keeps_its_key(db: Database) -> None:
-    """A put indexes the document at once: a search finds it, heading and key included."""
+def _indexed(db: Database) -> int:
+    """Index what the writes queued (the api does this right after each write)."""
+    return search_index.catch_up(db, lambda _: None)
+
+
+def test_a_written_document_is_queued_then_found_by_its_words(db: Database) -> None:
+    """A put queues the document in its own transaction; once indexed a search finds it,
+    heading and key included."""
     body = {
         "project": "roof-2026",
         "title": "North slope",
@@ -41,6 +47,10 @@ def test_a_written_document_is_found_by_its_words_and_keeps_its_key(db: Database
     }
     documents.put(db, "notes", "roof-1", json.dumps(body).encode(), if_none_match=True)
     documents.put(db, "notes", "yard", b'{"text": "Fence leans west"}', if_none_match=True)
+    assert search_index.pending(db) == [("doc", "notes/roof-1"), ("doc", "notes/yard")]
+    assert search_index.search_text(db, "shingle") == []
+    assert _indexed(db) == 2
+    assert search_index.pending(db) == []
     found = search_index.search_text(db, "what about the shingle cracks?")
     assert _refs(found) == ["notes/roof-1"]
     passage = found[0][0]
@@ -52,10 +62,13 @@ def test_a_written_document_is_found_by_its_words_and_keeps_its_key(db: Database
 def test_an_update_replaces_the_chunks_and_a_delete_removes_them(db: Database) -> None:
     """Old words stop matching after an update; nothing of a deleted document is left."""
     doc, _ = documents.put(db, "notes", "n", b'{"text": "water heater leaks"}', if_none_match=True)
+    _indexed(db)
     doc, _ = documents.put(db, "notes", "n", b'{"text": "furnace filter dirty"}', if_match=doc.etag)
+    _indexed(db)
     assert search_index.search_text(db, "leaks") == []
     assert _refs(search_index.search_text(db, "furnace")) == ["notes/n"]
     documents.delete(db, "notes", "n", if_match=doc.etag)
+    _indexed(db)
     assert search_index.search_text(db, "furnace") == []
     assert search_index.counts(db)["chunks"] == 0
     assert db.read().execute("SELECT count(*) FROM search_fts").fetchone()[0] == 0
@@ -64,8 +77,11 @@ def test_an_update_replaces_the_chunks_and_a_delete_removes_them(db: Database) -
 def test_a_refused_write_leaves_the_index_as_it_was(db: Database) -> None:
     """A stale ETag changes neither the document nor its chunks (one transaction)."""
     documents.put(db, "notes", "n", b'{"text": "sump pump ok"}', if_none_match=True)
+    _indexed(db)
     with pytest.raises(Exception, match="changed"):
         documents.put(db, "notes", "n", b'{"text": "attic mold"}', if_match='"stale"')
+    assert search_index.pending(db) == []
+    _indexed(db)
     assert search_index.search_text(db, "mold") == []
     assert _refs(search_index.search_text(db, "sump")) == ["notes/n"]
 
@@ -73,6 +89,7 @@ def test_a_refused_write_leaves_the_index_as_it_was(db: Database) -> None:
 def test_fts_syntax_in_a_question_is_only_text(db: Database) -> None:
     """Quotes, NEAR, AND, * and column filters in a question neither fail nor filter."""
     documents.put(db, "notes", "n", b'{"text": "roof near the chimney"}', if_none_match=True)
+    _indexed(db)
     for question in ['"roof', "roof AND NEAR(chimney", "heading: roof*", "-roof OR"]:
         assert _refs(search_index.search_text(db, question)) == ["notes/n"], question
 
@@ -118,6 +135,7 @@ def test_vectors_rank_by_cosine_and_fuse_with_text(db: Database) -> None:
     rank first ahead of chunks only one list has."""
     for key, text in [("a", "gutter clogged"), ("b", "gutter fine"), ("c", "porch light")]:
         documents.put(db, "notes", key, json.dumps({"text": text}).encode(), if_none_match=True)
+    _indexed(db)
     ids = {
         key: cid
         for cid, text in search_index.unembedded(db)
