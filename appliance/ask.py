@@ -28,6 +28,7 @@ from store.search_index import Passage
 
 NOT_IN_RECORDS = "Not in this location's records."
 _POOL = 20  # candidates each retriever hands to the fusion
+_ANSWER_CHARS = 300  # an answer is a sentence or two; `[ask] max_tokens` must cover it
 _encode = msgspec.json.Encoder().encode
 _WORD = re.compile(r"\w+")
 
@@ -155,7 +156,7 @@ def _schema(n: int) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {
-            "answer": {"type": "string", "maxLength": 300},
+            "answer": {"type": "string", "maxLength": _ANSWER_CHARS},
             "sources": {
                 "type": "array",
                 "items": {"type": "integer", "enum": list(range(1, n + 1))},

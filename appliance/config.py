@@ -143,8 +143,9 @@ class AskConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_question_chars: Annotated[int, msgspec.Meta(ge=10, le=20_000)] = 1000
     """Longest question accepted (400 past it)."""
 
-    max_tokens: Annotated[int, msgspec.Meta(ge=16, le=4096)] = 200
-    """Most tokens of one answer."""
+    max_tokens: Annotated[int, msgspec.Meta(ge=16, le=4096)] = 400
+    """Most tokens of one answer. The answer's schema caps its text at 300 characters, so
+    400 tokens always let a schema-bound model close its JSON."""
 
     timeout_s: PositiveFloat = 120.0
     """How long one model call may take."""
