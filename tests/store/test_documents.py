@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from store import documents
-from store.config import StoreConfig
 from store.db import Database
 from store.errors import InvalidDocument, InvalidName, NotFound, PreconditionFailed
-from store.locations import Location, Locations
-from store.paths import Layout
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    """The database of one fresh location."""
-    locs = Locations(Layout(tmp_path), StoreConfig())
-    locs.create(Location(id="loc1", account="acme", geo_prefix="u4pr", name="12 Main St"))
-    try:
-        yield locs.db("loc1")
-    finally:
-        locs.close()
 
 
 def test_create_then_get_returns_exact_bytes_and_etag(db: Database) -> None:

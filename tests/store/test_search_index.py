@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,7 @@ from store import assets, documents, search_index
 from store.assets import Asset
 from store.config import StoreConfig
 from store.db import Database
-from store.locations import LOCATION_MIGRATIONS, Location, Locations
-from store.paths import Layout
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    """The database of one fresh location."""
-    locs = Locations(Layout(tmp_path), StoreConfig())
-    locs.create(Location(id="loc1", account="acme", geo_prefix="u4pr", name="12 Main St"))
-    try:
-        yield locs.db("loc1")
-    finally:
-        locs.close()
+from store.locations import LOCATION_MIGRATIONS
 
 
 def _refs(results: list[tuple[search_index.Passage, float]]) -> list[str]:
