@@ -22,7 +22,7 @@ import msgspec
 import numpy as np
 
 from appliance.gateway_calls import GatewayCalls, GatewayFailed
-from store import search_index
+from store import retrieval, search_index
 from store.db import Database
 from store.search_index import Passage
 
@@ -129,13 +129,13 @@ def retrieve(
     from the rest in cosine: E5's cosines sit in a narrow band, so only how far the best
     lies above this location's spread says anything, never a fixed value.
     """
-    text = search_index.search_text(db, question, _POOL * 2)
-    near, every = search_index.nearest(db, query, _POOL * 2) if query is not None else ([], [])
+    text = retrieval.search_text(db, question, _POOL * 2)
+    near, every = retrieval.nearest(db, query, _POOL * 2) if query is not None else ([], [])
     standout = _stands_out(every)
     if project is not None:
         text = [(p, s) for p, s in text if p.project in (project, None)]
         near = [(p, s) for p, s in near if p.project in (project, None)]
-    fused = search_index.fuse(text[:_POOL], near[:_POOL])[:n]
+    fused = retrieval.fuse(text[:_POOL], near[:_POOL])[:n]
     return fused, bool(text) or standout
 
 
@@ -230,7 +230,7 @@ def _tokens(text: str) -> set[str]:
     return {
         w.rstrip("s") or w
         for w in _WORD.findall(text.lower())
-        if w not in search_index.STOP_WORDS and (len(w) > 2 or w.isdigit())
+        if w not in retrieval.STOP_WORDS and (len(w) > 2 or w.isdigit())
     }
 
 
@@ -289,7 +289,7 @@ class Asker:
             retrieve, db, req.question, query, req.project, self.passages
         )
         ids = [p.id for p, _ in fused]
-        about = await asyncio.to_thread(search_index.matching, db, req.question, ids)
+        about = await asyncio.to_thread(retrieval.matching, db, req.question, ids)
         return fused, relevant, about
 
     async def ask(self, db: Database, req: AskRequest) -> Answer:

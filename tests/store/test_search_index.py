@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from store import assets, documents, search_index
+from store import assets, documents, retrieval, search_index
 from store.assets import Asset
 from store.config import StoreConfig
 from store.db import Database
@@ -35,10 +35,10 @@ def test_a_written_document_is_queued_then_found_by_its_words(db: Database) -> N
     documents.put(db, "notes", "roof-1", json.dumps(body).encode(), if_none_match=True)
     documents.put(db, "notes", "yard", b'{"text": "Fence leans west"}', if_none_match=True)
     assert search_index.pending(db) == [("doc", "notes/roof-1"), ("doc", "notes/yard")]
-    assert search_index.search_text(db, "shingle") == []
+    assert retrieval.search_text(db, "shingle") == []
     assert _indexed(db) == 2
     assert search_index.pending(db) == []
-    found = search_index.search_text(db, "what about the shingle cracks?")
+    found = retrieval.search_text(db, "what about the shingle cracks?")
     assert _refs(found) == ["notes/roof-1"]
     passage = found[0][0]
     assert (passage.collection, passage.key, passage.project) == ("notes", "roof-1", "roof-2026")
@@ -52,11 +52,11 @@ def test_an_update_replaces_the_chunks_and_a_delete_removes_them(db: Database) -
     _indexed(db)
     doc, _ = documents.put(db, "notes", "n", b'{"text": "furnace filter dirty"}', if_match=doc.etag)
     _indexed(db)
-    assert search_index.search_text(db, "leaks") == []
-    assert _refs(search_index.search_text(db, "furnace")) == ["notes/n"]
+    assert retrieval.search_text(db, "leaks") == []
+    assert _refs(retrieval.search_text(db, "furnace")) == ["notes/n"]
     documents.delete(db, "notes", "n", if_match=doc.etag)
     _indexed(db)
-    assert search_index.search_text(db, "furnace") == []
+    assert retrieval.search_text(db, "furnace") == []
     assert search_index.counts(db)["chunks"] == 0
     assert db.read().execute("SELECT count(*) FROM search_fts").fetchone()[0] == 0
 
@@ -69,8 +69,8 @@ def test_a_refused_write_leaves_the_index_as_it_was(db: Database) -> None:
         documents.put(db, "notes", "n", b'{"text": "attic mold"}', if_match='"stale"')
     assert search_index.pending(db) == []
     _indexed(db)
-    assert search_index.search_text(db, "mold") == []
-    assert _refs(search_index.search_text(db, "sump")) == ["notes/n"]
+    assert retrieval.search_text(db, "mold") == []
+    assert _refs(retrieval.search_text(db, "sump")) == ["notes/n"]
 
 
 def test_fts_syntax_in_a_question_is_only_text(db: Database) -> None:
@@ -78,7 +78,7 @@ def test_fts_syntax_in_a_question_is_only_text(db: Database) -> None:
     documents.put(db, "notes", "n", b'{"text": "roof near the chimney"}', if_none_match=True)
     _indexed(db)
     for question in ['"roof', "roof AND NEAR(chimney", "heading: roof*", "-roof OR"]:
-        assert _refs(search_index.search_text(db, question)) == ["notes/n"], question
+        assert _refs(retrieval.search_text(db, question)) == ["notes/n"], question
 
 
 def test_scene_facts_tracks_are_chunks_with_their_times(db: Database) -> None:
@@ -110,7 +110,7 @@ def test_scene_facts_tracks_are_chunks_with_their_times(db: Database) -> None:
         metadata={"job_id": "j1"},
     )
     assets.create(db, asset, facts)
-    found = search_index.search_text(db, "where is the water heater")
+    found = retrieval.search_text(db, "where is the water heater")
     track = next(p for p, _ in found if p.source == "track")
     assert (track.asset_id, track.track_id, track.t, track.frame) == (asset.id, 3, 2.0, 4)
     assert "from 2.0 s to 3.0 s" in track.body
@@ -133,10 +133,10 @@ def test_vectors_rank_by_cosine_and_fuse_with_text(db: Database) -> None:
         db, {ids["a"]: [3.0, 0.0], ids["b"]: [1.0, 1.0], ids["c"]: [0.0, 5.0]}
     )
     assert search_index.unembedded(db) == []
-    near = search_index.search_vectors(db, [1.0, 0.1])
+    near = retrieval.search_vectors(db, [1.0, 0.1])
     assert [p.key for p, _ in near] == ["a", "b", "c"]
     assert near[0][1] == pytest.approx(0.995, abs=1e-3)
-    fused = search_index.fuse(search_index.search_text(db, "gutter"), near)
+    fused = retrieval.fuse(retrieval.search_text(db, "gutter"), near)
     assert fused[0][0].key == "a"
     assert fused[-1][0].key == "c"
 
@@ -154,9 +154,9 @@ def test_an_older_location_is_backfilled_through_the_pending_set(tmp_path: Path)
     db = Database(path, StoreConfig(), LOCATION_MIGRATIONS)
     try:
         assert search_index.counts(db)["pending"] == 1
-        assert search_index.search_text(db, "radon") == []
+        assert retrieval.search_text(db, "radon") == []
         assert search_index.catch_up(db, lambda _: None) == 1
-        assert _refs(search_index.search_text(db, "radon")) == ["notes/k"]
+        assert _refs(retrieval.search_text(db, "radon")) == ["notes/k"]
         assert search_index.counts(db)["pending"] == 0
     finally:
         db.close()
