@@ -103,14 +103,24 @@ def record_id(p: Passage) -> str:
 # --- retrieval ------------------------------------------------------------------------------
 
 
-async def embed_pending(db: Database, calls: GatewayCalls, most: int = 256) -> int:
-    """Give up to `most` unembedded chunks their vectors; return how many got one."""
+async def embed_pending(
+    db: Database, calls: GatewayCalls, most: int = 256, paced: bool = False
+) -> int:
+    """Give up to `most` unembedded chunks their vectors; return how many got one.
+
+    `paced` (the background indexer) waits as long as each batch took before the next:
+    the embedder shares the box's cores with the chat model, and a crew's questions come
+    first. An ask embeds its own location unpaced, so its answer sees every record.
+    """
     done = 0
     while done < most:
         batch = await asyncio.to_thread(search_index.unembedded, db, 16)
         if not batch:
             break
+        started = time.perf_counter()
         vectors = await calls.embed([text for _, text in batch])
+        if paced:
+            await asyncio.sleep(time.perf_counter() - started)
         await asyncio.to_thread(
             search_index.set_embeddings,
             db,

@@ -63,7 +63,7 @@ async def one_pass(layout: Layout, locs: Locations, calls: GatewayCalls) -> int:
         if counts["pending"]:
             await asyncio.to_thread(search_index.catch_up, db, facts_of)
         if counts["unembedded"] or counts["pending"]:
-            embedded += await embed_pending(db, calls, most=512)
+            embedded += await embed_pending(db, calls, most=64, paced=True)
     return embedded
 
 

@@ -175,19 +175,41 @@ def _remove(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> None
 def index_document(
     conn: sqlite3.Connection, collection: str, key: str, body: bytes, project: str | None
 ) -> None:
-    """(Re)index one document: its chunks replace the ones it had."""
-    unindex_document(conn, collection, key)
+    """(Re)index one document: its chunks replace the ones it had.
+
+    A chunk whose text did not change keeps its vector (embedding is the costly part, and
+    it runs on the cores the models use); a document whose chunks all stayed is left as is.
+    """
+    ref = f"{collection}/{key}"
     try:
         value = msgspec.json.decode(body)
     except msgspec.DecodeError:
         value = body.decode("utf-8", "replace")
     heading = " > ".join(p for p in (project, collection, key) if p)
-    text = "\n".join(line for line in flatten(value) if line)
-    base = {"source": "doc", "ref": f"{collection}/{key}", "collection": collection, "key": key}
+    pieces = split("\n".join(line for line in flatten(value) if line))
+    old = conn.execute(
+        "SELECT heading, body, embedding, project FROM search_chunks "
+        "WHERE source = 'doc' AND ref = ? ORDER BY part",
+        (ref,),
+    ).fetchall()
+    if [(h, b, p) for h, b, _, p in old] == [(heading, piece, project) for piece in pieces]:
+        conn.execute("DELETE FROM search_pending WHERE source = 'doc' AND ref = ?", (ref,))
+        return
+    vectors = {(h, b): e for h, b, e, _ in old if e is not None}
+    unindex_document(conn, collection, key)
+    base = {"source": "doc", "ref": ref, "collection": collection, "key": key}
     _insert(
         conn,
-        ({**base, "project": project, "heading": heading, "body": piece} for piece in split(text)),
+        ({**base, "project": project, "heading": heading, "body": piece} for piece in pieces),
     )
+    for piece in pieces:
+        vector = vectors.get((heading, piece))
+        if vector is not None:
+            conn.execute(
+                "UPDATE search_chunks SET embedding = ? "
+                "WHERE source = 'doc' AND ref = ? AND heading = ? AND body = ?",
+                (vector, ref, heading, piece),
+            )
 
 
 def queue_document(conn: sqlite3.Connection, collection: str, key: str) -> None:

@@ -178,3 +178,21 @@ def test_the_index_tables_exist_only_through_the_migration(tmp_path: Path) -> No
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     assert "search_chunks" not in names
     assert LOCATION_MIGRATIONS[1] == search_index.MIGRATION
+
+
+def test_a_rewrite_keeps_the_vectors_of_unchanged_text(db: Database) -> None:
+    """Rewriting a document with the same text leaves its chunk and vector alone; new text
+    gets a new chunk with no vector (to be embedded)."""
+    doc, _ = documents.put(db, "notes", "n", b'{"text": "sump pump ok"}', if_none_match=True)
+    _indexed(db)
+    ((cid, _),) = search_index.unembedded(db)
+    search_index.set_embeddings(db, {cid: [1.0, 0.0]})
+    doc, _ = documents.put(db, "notes", "n", b'{"text": "sump pump ok"}', if_match=doc.etag)
+    _indexed(db)
+    assert search_index.unembedded(db) == []
+    assert [p.id for p, _ in retrieval.search_vectors(db, [1.0, 0.0])] == [cid]
+    documents.put(db, "notes", "n", b'{"text": "sump pump failed"}', if_match=doc.etag)
+    _indexed(db)
+    assert [text.split("\n")[-1] for _, text in search_index.unembedded(db)] == [
+        "text: sump pump failed"
+    ]
