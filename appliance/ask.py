@@ -108,7 +108,8 @@ async def embed_pending(
 ) -> int:
     """Give up to `most` unembedded chunks their vectors; return how many got one.
 
-    `paced` (the background indexer) waits as long as each batch took before the next:
+    `paced` (the background indexer) waits three times as long as each batch took before
+    the next (the embedder busy a quarter of the time at most):
     the embedder shares the box's cores with the chat model, and a crew's questions come
     first. An ask embeds its own location unpaced, so its answer sees every record.
     """
@@ -120,7 +121,7 @@ async def embed_pending(
         started = time.perf_counter()
         vectors = await calls.embed([text for _, text in batch])
         if paced:
-            await asyncio.sleep(time.perf_counter() - started)
+            await asyncio.sleep(3 * (time.perf_counter() - started))
         await asyncio.to_thread(
             search_index.set_embeddings,
             db,

@@ -25,7 +25,7 @@ from store.paths import Layout
 PASS_INTERVAL_S = 3.0
 """How often the api looks for records and chunks other processes (the worker) added."""
 
-SETTLE_S = 0.5
+SETTLE_S = 2.0
 """After a write wakes the indexer, how long it lets more writes gather: a burst of writes
 (one key updated a hundred times) is indexed once, and the writes keep the writer lock."""
 
