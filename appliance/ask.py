@@ -95,11 +95,6 @@ class CitationError(Exception):
     """The model named a passage it was not given (twice): reported, never returned."""
 
 
-def record_id(p: Passage) -> str:
-    """The id a citation gives its record: `collection/key`, the asset id, `asset#track`."""
-    return p.ref
-
-
 # --- retrieval ------------------------------------------------------------------------------
 
 
@@ -250,7 +245,7 @@ def _citation(p: Passage, words: set[str]) -> Citation:
     best = max(lines, key=lambda line: len(words & set(_WORD.findall(line.lower()))))
     return Citation(
         source=p.source,
-        id=record_id(p),
+        id=p.ref,
         quote=best[:240],
         collection=p.collection,
         key=p.key,
@@ -263,7 +258,7 @@ def _citation(p: Passage, words: set[str]) -> Citation:
 
 def _retrieved(fused: list[tuple[Passage, float]]) -> list[Retrieved]:
     return [
-        Retrieved(n=i, source=p.source, id=record_id(p), heading=p.heading, score=round(s, 5))
+        Retrieved(n=i, source=p.source, id=p.ref, heading=p.heading, score=round(s, 5))
         for i, (p, s) in enumerate(fused, start=1)
     ]
 
