@@ -115,13 +115,13 @@ async def embed_pending(
             break
         started = time.perf_counter()
         vectors = await calls.embed([text for _, text in batch])
-        if paced:
-            await asyncio.sleep(3 * (time.perf_counter() - started))
         await asyncio.to_thread(
             search_index.set_embeddings,
             db,
             {cid: v for (cid, _), v in zip(batch, vectors, strict=True)},
         )
+        if paced:  # after the write: an ask meanwhile does not embed this batch again
+            await asyncio.sleep(3 * (time.perf_counter() - started))
         done += len(batch)
     return done
 

@@ -71,15 +71,11 @@ def matching(db: Database, question: str, ids: list[int]) -> set[int]:
     return {int(r[0]) for r in rows.fetchall()}
 
 
-def search_vectors(db: Database, query: list[float], k: int = 20) -> list[tuple[Passage, float]]:
-    """The `k` chunks whose vectors lie nearest `query` (cosine), nearest first."""
-    return nearest(db, query, k)[0]
-
-
 def nearest(
     db: Database, query: list[float], k: int = 20
 ) -> tuple[list[tuple[Passage, float]], list[float]]:
-    """`search_vectors`, and the cosine of `query` to every embedded chunk (for its spread)."""
+    """The `k` chunks whose vectors lie nearest `query` (cosine), nearest first, and the
+    cosine of `query` to every embedded chunk (for its spread)."""
     rows = (
         db.read()
         .execute("SELECT id, embedding FROM search_chunks WHERE embedding IS NOT NULL")

@@ -140,7 +140,8 @@ def _insert(conn: sqlite3.Connection, rows: Iterable[dict[str, Any]]) -> None:
     for part, row in enumerate(rows):
         cur = conn.execute(
             "INSERT INTO search_chunks (source, ref, part, collection, key, asset_id, track_id,"
-            " t, frame, project, heading, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " t, frame, project, heading, body, embedding)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row["source"],
                 row["ref"],
@@ -154,6 +155,7 @@ def _insert(conn: sqlite3.Connection, rows: Iterable[dict[str, Any]]) -> None:
                 row.get("project"),
                 row["heading"],
                 row["body"],
+                row.get("embedding"),
             ),
         )
         conn.execute(
@@ -198,18 +200,17 @@ def index_document(
     vectors = {(h, b): e for h, b, e, _ in old if e is not None}
     unindex_document(conn, collection, key)
     base = {"source": "doc", "ref": ref, "collection": collection, "key": key}
-    _insert(
-        conn,
-        ({**base, "project": project, "heading": heading, "body": piece} for piece in pieces),
+    rows = (
+        {
+            **base,
+            "project": project,
+            "heading": heading,
+            "body": piece,
+            "embedding": vectors.get((heading, piece)),
+        }
+        for piece in pieces
     )
-    for piece in pieces:
-        vector = vectors.get((heading, piece))
-        if vector is not None:
-            conn.execute(
-                "UPDATE search_chunks SET embedding = ? "
-                "WHERE source = 'doc' AND ref = ? AND heading = ? AND body = ?",
-                (vector, ref, heading, piece),
-            )
+    _insert(conn, rows)
 
 
 def queue_document(conn: sqlite3.Connection, collection: str, key: str) -> None:

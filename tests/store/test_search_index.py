@@ -133,7 +133,7 @@ def test_vectors_rank_by_cosine_and_fuse_with_text(db: Database) -> None:
         db, {ids["a"]: [3.0, 0.0], ids["b"]: [1.0, 1.0], ids["c"]: [0.0, 5.0]}
     )
     assert search_index.unembedded(db) == []
-    near = retrieval.search_vectors(db, [1.0, 0.1])
+    near = retrieval.nearest(db, [1.0, 0.1])[0]
     assert [p.key for p, _ in near] == ["a", "b", "c"]
     assert near[0][1] == pytest.approx(0.995, abs=1e-3)
     fused = retrieval.fuse(retrieval.search_text(db, "gutter"), near)
@@ -190,7 +190,7 @@ def test_a_rewrite_keeps_the_vectors_of_unchanged_text(db: Database) -> None:
     doc, _ = documents.put(db, "notes", "n", b'{"text": "sump pump ok"}', if_match=doc.etag)
     _indexed(db)
     assert search_index.unembedded(db) == []
-    assert [p.id for p, _ in retrieval.search_vectors(db, [1.0, 0.0])] == [cid]
+    assert [p.id for p, _ in retrieval.nearest(db, [1.0, 0.0])[0]] == [cid]
     documents.put(db, "notes", "n", b'{"text": "sump pump failed"}', if_match=doc.etag)
     _indexed(db)
     assert [text.split("\n")[-1] for _, text in search_index.unembedded(db)] == [
