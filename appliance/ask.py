@@ -106,7 +106,9 @@ async def embed_pending(
     `paced` (the background indexer) waits three times as long as each batch took before
     the next (the embedder busy a quarter of the time at most):
     the embedder shares the box's cores with the chat model, and a crew's questions come
-    first. An ask embeds its own location unpaced, so its answer sees every record.
+    first. Its calls are background ones, which the gateway puts off while chats run
+    (GatewayDeferred). An ask embeds its own location unpaced, so its answer sees every
+    record.
     """
     done = 0
     while done < most:
@@ -114,7 +116,7 @@ async def embed_pending(
         if not batch:
             break
         started = time.perf_counter()
-        vectors = await calls.embed([text for _, text in batch])
+        vectors = await calls.embed([text for _, text in batch], background=paced)
         await asyncio.to_thread(
             search_index.set_embeddings,
             db,

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from appliance.ask import embed_pending
-from appliance.gateway_calls import GatewayCalls, GatewayFailed
+from appliance.gateway_calls import GatewayCalls, GatewayDeferred, GatewayFailed
 from store import ingest, search_index
 from store.errors import StoreError
 from store.locations import Locations
@@ -71,7 +71,7 @@ async def keep_current(
     layout: Layout, locs: Locations, calls: GatewayCalls, wake: asyncio.Event
 ) -> None:
     """Run `one_pass` when `wake` is set (a document write) or every few seconds, until
-    cancelled; a gateway away is logged once."""
+    cancelled; a gateway away is logged once, a gateway busy with chats not at all."""
     log = structlog.get_logger("fieldbox.ask")
     failing = ""
     while True:
@@ -80,6 +80,8 @@ async def keep_current(
             if await one_pass(layout, locs, calls):
                 continue  # more may be waiting: no pause while there is work
             failing = ""
+        except GatewayDeferred:
+            failing = ""  # chats are running: the next pass, or a later one, embeds
         except GatewayFailed as exc:
             if exc.message != failing:
                 log.warning("ask_index_waiting", reason=exc.message)

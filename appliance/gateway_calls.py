@@ -35,6 +35,18 @@ class GatewayFailed(Exception):
         self.message = message
 
 
+class GatewayDeferred(GatewayFailed):
+    """A background call the gateway put off while chats run (503, error code `deferred`)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(503, message)
+        self.retry_after = retry_after
+
+
+BACKGROUND = {"Priority": "u=7"}
+"""RFC 9218's lowest urgency: the gateway runs such a call only between chat requests."""
+
+
 def gateway_token(layout: Layout, key_db: Database) -> str:
     """The api's live gateway key, made (and written 0600, durably) when there is none."""
     path = layout.ask_gateway_token
@@ -84,11 +96,14 @@ class GatewayCalls:
             self._session = aiohttp.ClientSession(timeout=timeout)
         return self._session
 
-    async def _post(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+    async def _post(
+        self, path: str, body: dict[str, Any], extra: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
         url = gateway_base(self.cfg, self.layout) + path
         for attempt in (1, 2):
+            headers = {**await self._headers(), **(extra or {})}
             try:
-                resp = await self._open().post(url, json=body, headers=await self._headers())
+                resp = await self._open().post(url, json=body, headers=headers)
             except TimeoutError as exc:
                 raise GatewayFailed(504, "the model gateway did not answer in time") from exc
             except aiohttp.ClientError as exc:
@@ -100,6 +115,10 @@ class GatewayCalls:
             if resp.status >= 400:
                 raw = await resp.read()
                 resp.release()
+                if resp.status == 503 and _code(raw) == "deferred":
+                    retry = resp.headers.get("Retry-After", "1")
+                    delay = float(retry) if retry.isdigit() else 1.0
+                    raise GatewayDeferred(_message(raw), delay)
                 raise GatewayFailed(
                     503 if resp.status in (429, 503) else 502,
                     f"the model gateway answered {resp.status}: {_message(raw)}",
@@ -107,10 +126,13 @@ class GatewayCalls:
             return resp
         raise GatewayFailed(502, "the model gateway refused the api's key")
 
-    async def embed(self, texts: list[str]) -> list[list[float]]:
-        """One vector per text, in order."""
+    async def embed(self, texts: list[str], background: bool = False) -> list[list[float]]:
+        """One vector per text, in order; `background` ones wait for a pause in the chats
+        (GatewayDeferred until then)."""
         resp = await self._post(
-            "/v1/embeddings", {"model": self.cfg.ask.embed_alias, "input": texts}
+            "/v1/embeddings",
+            {"model": self.cfg.ask.embed_alias, "input": texts},
+            BACKGROUND if background else None,
         )
         async with resp:
             data = _decode(await resp.read())
@@ -152,6 +174,16 @@ class GatewayCalls:
         """Close the session."""
         if self._session is not None:
             await self._session.close()
+
+
+def _code(raw: bytes) -> str | None:
+    """The OpenAI error `code` of an error body, if it has one."""
+    try:
+        data = _decode(raw)
+    except msgspec.DecodeError:
+        return None
+    err = data.get("error") if isinstance(data, dict) else None
+    return str(err.get("code")) if isinstance(err, dict) and err.get("code") else None
 
 
 def _message(raw: bytes) -> str:

@@ -76,7 +76,9 @@ def create_gateway_app(
         key_db = keys.open_keys(str(layout.keys_db), store)
         spool = Spool(layout.telemetry_dir, writer=f"gateway-{os.getpid()}")
         app.state.access = Access(gw, keys.Verifier(key_db))
-        app.state.gateway = Gateway(router, metrics, spool, gw.capture_prompts)
+        app.state.gateway = Gateway(
+            router, metrics, spool, gw.capture_prompts, gw.background_quiet_s
+        )
         await router.start()
         try:
             yield

@@ -100,6 +100,11 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_tokens_limit: Positive = 32768
     """Largest `max_tokens` a client may ask for (400 past it)."""
 
+    background_quiet_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    """A background embeddings call (RFC 9218 `Priority: u=7`, as the api's ask indexer
+    sends) runs only when no chat or completion has run for this long; until then it gets
+    503 with `Retry-After` (OpenAI error code `deferred`)."""
+
     tunnel: TunnelConfig = msgspec.field(default_factory=TunnelConfig)
     """Tailscale tunnel access rules."""
 

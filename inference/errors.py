@@ -10,7 +10,7 @@ from litestar.exceptions import HTTPException
 
 from inference.access import Denied
 from inference.backends.base import BackendError
-from inference.limits import Saturated
+from inference.limits import Deferred, Saturated
 from inference.router import NoTarget, UnknownModel
 from inference.translate import TranslationError
 from inference.validation import RequestError
@@ -30,11 +30,14 @@ def is_ollama(path: str) -> bool:
     return path.startswith("/api/")
 
 
-def error_body(path: str, status: int, message: str, param: str | None = None) -> Any:
+def error_body(
+    path: str, status: int, message: str, param: str | None = None, code: str | None = None
+) -> Any:
     """The error body a client of this path's dialect expects."""
     if is_ollama(path):
         return {"error": message}
-    code = "model_not_found" if status == 404 and "model" in message else None
+    if code is None and status == 404 and "model" in message:
+        code = "model_not_found"
     kind = _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
@@ -45,10 +48,11 @@ def error_response(
     message: str,
     param: str | None = None,
     headers: dict[str, str] | None = None,
+    code: str | None = None,
 ) -> Response[Any]:
     """A JSON error response in the dialect of `path`."""
     return Response(
-        error_body(path, status, message, param),
+        error_body(path, status, message, param, code),
         status_code=status,
         headers=headers,
         media_type="application/json",
@@ -57,6 +61,9 @@ def error_response(
 
 Failure = tuple[int, str, str | None, dict[str, str] | None]
 """An exception as an answer: status, message, the field it names, extra headers."""
+
+DEFERRED = "deferred"
+"""The OpenAI error `code` of a background call put off while chats run (`Deferred`)."""
 
 
 def failure_of(exc: Exception) -> Failure:
@@ -69,6 +76,8 @@ def failure_of(exc: Exception) -> Failure:
         return 404, str(exc), "model", None
     if isinstance(exc, Saturated):
         return 429, str(exc), None, {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, Deferred):
+        return 503, str(exc), None, {"Retry-After": str(exc.retry_after)}
     if isinstance(exc, NoTarget):
         return exc.status, str(exc), None, {"Retry-After": "5"} if exc.status == 503 else None
     if isinstance(exc, BackendError):
@@ -89,7 +98,8 @@ def failure_of(exc: Exception) -> Failure:
 
 def _handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     status, message, param, headers = failure_of(exc)
-    return error_response(request.url.path, status, message, param, headers)
+    code = DEFERRED if isinstance(exc, Deferred) else None
+    return error_response(request.url.path, status, message, param, headers, code)
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {Exception: _handle}

@@ -16,6 +16,15 @@ class Saturated(Exception):
         self.retry_after = retry_after
 
 
+class Deferred(Exception):
+    """A background call (RFC 9218 `Priority: u=7`) while chat or completion calls run, or
+    ran moments ago: a 503 with `Retry-After`, so the box's cores go to the crews first."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"background work waits while chat requests run; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
 class Limiter:
     """At most `concurrency` calls at once; up to `max_queue` more wait, each at most
     `queue_timeout_s`; anyone past that is turned away at once (backpressure, not collapse)."""

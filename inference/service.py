@@ -6,6 +6,7 @@ breaker, metrics, the telemetry spool, schema checks) happens here, once for bot
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import structlog
 
 from inference.access import Caller
 from inference.backends.base import BackendError, Json, Kind, Reply
-from inference.limits import Saturated
+from inference.limits import Deferred, Saturated
 from inference.metrics import GatewayMetrics
 from inference.router import Lane, NoTarget, Router
 from inference.translate import chunk_text
@@ -35,6 +36,8 @@ class Call:
     requested: str
     stream: bool = False
     schema: Json | None = None
+    background: bool = False
+    """Asked with RFC 9218 `Priority: u=7`: put off while chats run (embeddings only)."""
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -54,13 +57,34 @@ class Gateway:
     """The service the controllers call."""
 
     def __init__(
-        self, router: Router, metrics: GatewayMetrics, spool: Spool | None, capture: bool
+        self,
+        router: Router,
+        metrics: GatewayMetrics,
+        spool: Spool | None,
+        capture: bool,
+        background_quiet_s: float = 2.0,
     ) -> None:
         self.router = router
         self.metrics = metrics
         self.spool = spool
         self.capture = capture
+        self.background_quiet_s = background_quiet_s
         self.log = structlog.get_logger("fieldbox.gateway")
+        # Chat and completion calls running now, and when the last one ended: background
+        # calls wait for both (`_deferral`).
+        self._generating = 0
+        self._generated_at = -math.inf
+
+    def _generation_ended(self) -> None:
+        self._generating -= 1
+        self._generated_at = time.monotonic()
+
+    def _deferral(self) -> int:
+        """Seconds a background call should wait; 0 once no chat ran for the quiet time."""
+        if self._generating:
+            return max(1, math.ceil(self.background_quiet_s))
+        left = self._generated_at + self.background_quiet_s - time.monotonic()
+        return math.ceil(left) if left > 0 else 0
 
     # --- admission and fallback -----------------------------------------------------
 
@@ -136,7 +160,11 @@ class Gateway:
                 self._check_answer(call.schema, kind, reply.body)
             return reply
 
-        lane, model, reply = await self._first_working(call, needs, attempt)
+        self._generating += 1
+        try:
+            lane, model, reply = await self._first_working(call, needs, attempt)
+        finally:
+            self._generation_ended()
         seconds = time.perf_counter() - call.started
         self._release(lane, seconds)
         usage = reply.body.get("usage") or {}
@@ -172,7 +200,12 @@ class Gateway:
                 first = None
             return batches, first
 
-        lane, model, (batches, first) = await self._first_working(call, needs, attempt)
+        self._generating += 1  # until the relay's end, or now if no target starts
+        try:
+            lane, model, (batches, first) = await self._first_working(call, needs, attempt)
+        except BaseException:
+            self._generation_ended()
+            raise
         state.backend, state.model = lane.backend.name, model
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return state, self._relay(call, kind, body, lane, state, batches, first, want_usage)
@@ -222,6 +255,7 @@ class Gateway:
             await batches.aclose()
             seconds = time.perf_counter() - call.started
             self._release(lane, seconds)
+            self._generation_ended()
             if ttft is not None:
                 self.metrics.child(self.metrics.ttft, lane.backend.name, call.requested).observe(
                     ttft
@@ -240,7 +274,15 @@ class Gateway:
             )
 
     async def embed(self, call: Call, body: Json) -> tuple[Json, str]:
-        """Embeddings; returns the answer and the backend's name."""
+        """Embeddings; returns the answer and the backend's name.
+
+        A background call is refused (`Deferred`) while any chat or completion runs and for
+        `background_quiet_s` after the last: the api's ask indexer embeds between questions,
+        not beside them, on cores the chat model needs.
+        """
+        if call.background and (wait := self._deferral()):
+            self.metrics.child(self.metrics.rejected, "deferred").inc()
+            raise Deferred(wait)
 
         async def attempt(lane: Lane, model: str) -> Json:
             return await lane.backend.embed({**body, "model": model})

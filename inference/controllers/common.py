@@ -40,7 +40,18 @@ async def body_of(request: Request[Any, Any, Any]) -> Json:
 
 def new_call(request: Request[Any, Any, Any], endpoint: str, dialect: str, body: Json) -> Call:
     """A Call for this request, with the caller the access hook found."""
-    return call_for(request.state.caller, endpoint, dialect, body)
+    call = call_for(request.state.caller, endpoint, dialect, body)
+    call.background = is_background(request.headers.get("priority"))
+    return call
+
+
+def is_background(priority: str | None) -> bool:
+    """Whether an RFC 9218 `Priority` field value asks for the lowest urgency (`u=7`)."""
+    for member in (priority or "").split(","):
+        key, _, value = member.strip().partition("=")
+        if key == "u":
+            return value.split(";")[0].strip() == "7"
+    return False
 
 
 def call_for(caller: Caller, endpoint: str, dialect: str, body: Json) -> Call:

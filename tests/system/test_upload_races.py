@@ -177,10 +177,12 @@ def test_delete_during_finalize_waits_its_turn(start_server: StartServer, token:
     asset_id = final.headers["fieldbox-asset-id"]
     assert [a for a in answers if a.status == 423], "no request landed during finalize"
     with client(base, token) as c:
+        sent = time.monotonic()
         last = c.delete(url, headers=TUS)
+        received = time.monotonic()
     deleted = [a for a in answers if a.op == "delete" and a.status == 204]
-    if last.status_code == 204:
-        deleted.append(Answer("delete", 0, 0, 204, None, None))
+    if last.status_code == 204:  # no racing DELETE won: this one, after them all, did
+        deleted.append(Answer("delete", sent, received, 204, None, None))
     else:
         assert (last.status_code, last.json()["error"]) == (404, "not_found")
     assert len(deleted) == 1, "the upload was deleted more than once, or never"
