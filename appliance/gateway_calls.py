@@ -38,10 +38,6 @@ class GatewayFailed(Exception):
 class GatewayDeferred(GatewayFailed):
     """A background call the gateway put off while chats run (503, error code `deferred`)."""
 
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(503, message)
-        self.retry_after = retry_after
-
 
 BACKGROUND = {"Priority": "u=7"}
 """RFC 9218's lowest urgency: the gateway runs such a call only between chat requests."""
@@ -116,9 +112,7 @@ class GatewayCalls:
                 raw = await resp.read()
                 resp.release()
                 if resp.status == 503 and _code(raw) == "deferred":
-                    retry = resp.headers.get("Retry-After", "1")
-                    delay = float(retry) if retry.isdigit() else 1.0
-                    raise GatewayDeferred(_message(raw), delay)
+                    raise GatewayDeferred(503, _message(raw))
                 raise GatewayFailed(
                     503 if resp.status in (429, 503) else 502,
                     f"the model gateway answered {resp.status}: {_message(raw)}",
